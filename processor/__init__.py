@@ -1,0 +1,7 @@
+"""bandit-processor: an exactly-once Kafka stage that learns online."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

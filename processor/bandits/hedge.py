@@ -1,0 +1,102 @@
+"""Hedge: the full-information variant of the log-domain Exp3-IX core.
+
+Every round reports every arm's own reward (NaN for an arm not observed that round); each
+observed arm's loss is added to its cumulative loss without importance weighting. State, arm
+management and serialization are those of :class:`~processor.bandits.exp3ix.Exp3IXBandit`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from processor.bandits.base import BanditInputError
+from processor.bandits.exp3ix import SingleKeyExp3View, _config_from_state
+
+logger = logging.getLogger(__name__)
+
+
+class Hedge(SingleKeyExp3View):
+    """Exponential weights with full information, on :class:`~processor.bandits.keyed.KeyedExp3IX`.
+
+    Args:
+        n_arms: Number of arms.
+        arm_names: Their names (default ``arm_0``…).
+        eta: Fixed learning rate, None for min(eta_max, sqrt(ln K / (K t))).
+        eta_max: Cap of the anytime learning rate.
+        reward_range: Rewards are mapped to losses in [0, 1] over this range.
+        seed: Seed of :meth:`select_arm`.
+
+    Example:
+        >>> h = Hedge(2, ["a", "b"], reward_range=(0.0, 1.0))
+        >>> for _ in range(200):
+        ...     h.update({"a": 1.0, "b": 0.0})
+        >>> bool(h.get_weights_dict()["a"] > 0.9)
+        True
+    """
+
+    def __init__(
+        self,
+        n_arms: int,
+        arm_names: Sequence[str] | None = None,
+        eta: float | None = None,
+        eta_max: float = 0.07,
+        reward_range: tuple[float, float] = (-100.0, 100.0),
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            n_arms,
+            arm_names,
+            gamma=None,
+            eta=eta,
+            eta_max=eta_max,
+            reward_range=reward_range,
+            uniform_mix=0.0,
+            seed=seed,
+        )
+
+    def update(self, rewards: Mapping[str, float] | ArrayLike) -> None:
+        """One round: every arm's reward, as a name → reward mapping (missing = unobserved)
+        or an array in arm-index order (NaN = unobserved).
+
+        Raises:
+            BanditInputError: unknown arm name, wrong length or ±inf.
+        """
+        names = self.arm_names
+        row = np.full(len(self.keyed.arm_names), np.nan)
+        cols = self._cols()
+        if isinstance(rewards, Mapping):
+            unknown = set(rewards) - set(names)
+            if unknown:
+                msg = f"unknown arms {sorted(unknown)}"
+                raise BanditInputError(msg)
+            for i, name in enumerate(names):
+                if name in rewards:
+                    row[cols[i]] = float(rewards[name])
+        else:
+            values = np.asarray(rewards, dtype=np.float64)
+            if values.shape != (len(names),):
+                msg = f"expected {len(names)} rewards, got shape {values.shape}"
+                raise BanditInputError(msg)
+            row[cols] = values
+        self.keyed.update_full(self._rows, row[None, :])
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any], seed: int | None = None) -> Hedge:
+        """Restore from :meth:`to_dict`."""
+        names = list(state["arm_names"])
+        cfg = _config_from_state(state)
+        obj = cls(
+            len(names),
+            names,
+            eta=cfg["eta"],
+            eta_max=cfg["eta_max"],
+            reward_range=cfg["reward_range"],
+            seed=seed,
+        )
+        obj._load(state)
+        return obj

@@ -1,0 +1,247 @@
+"""The ``bandit-processor`` command.
+
+Precedence of settings: flag > environment variable > ``--config`` YAML file > default. Every flag
+that has an environment variable names it in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from processor import __version__
+from processor.config import AppConfig, load_config
+from processor.errors import ProcessorError
+
+logger = logging.getLogger(__name__)
+
+ENV = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "app_id": "BANDIT_APP_ID",
+    "instance_id": "BANDIT_INSTANCE_ID",
+    "config": "BANDIT_CONFIG",
+    "metrics_port": "BANDIT_METRICS_PORT",
+    "processing_guarantee": "BANDIT_PROCESSING_GUARANTEE",
+    "schema_registry_url": "BANDIT_SCHEMA_REGISTRY_URL",
+    "log_level": "BANDIT_LOG_LEVEL",
+    "log_format": "BANDIT_LOG_FORMAT",
+}
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(ENV[name])
+    return value if value else None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Configure the root logger (only the CLI does this)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _common(p: argparse.ArgumentParser, *, app_id: bool = True) -> None:
+    p.add_argument(
+        "--bootstrap-servers",
+        default=_env("bootstrap_servers"),
+        help="Kafka bootstrap servers HOST:PORT[,...] (env KAFKA_BOOTSTRAP_SERVERS; "
+        "config bootstrap_servers)",
+    )
+    p.add_argument(
+        "--config",
+        default=_env("config"),
+        help="YAML configuration file (env BANDIT_CONFIG); see README 'Configuration'",
+    )
+    if app_id:
+        p.add_argument(
+            "--app-id",
+            default=_env("app_id"),
+            help="application id: consumer group, transactional.id prefix and changelog "
+            "'<app-id>-state-changelog' (env BANDIT_APP_ID; default bandit-processor)",
+        )
+    p.add_argument(
+        "--log-level",
+        default=_env("log_level") or "INFO",
+        help="DEBUG, INFO, WARNING, ERROR (env BANDIT_LOG_LEVEL; default INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("log_format") or "text",
+        help="log line format (env BANDIT_LOG_FORMAT; default text)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="bandit-processor",
+        description="Exactly-once Kafka stage that learns online: Thompson sampling for bid "
+        "decisions, Exp3-IX / Hedge for ensemble weights.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the stage (exactly once by default)")
+    _common(run)
+    run.add_argument(
+        "--instance-id",
+        default=_env("instance_id"),
+        help="instance id; transactional.id is '<app-id>-<instance-id>' (env BANDIT_INSTANCE_ID; "
+        "default '<hostname>-<slot>', stable across restarts on this host: the first instance "
+        "takes slot 0, a second one running at the same time slot 1)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_int_env("metrics_port"),
+        help="port of /metrics, /healthz, /readyz; 0 picks a free port, -1 disables "
+        "(env BANDIT_METRICS_PORT; default 9400)",
+    )
+    run.add_argument(
+        "--processing-guarantee",
+        choices=("exactly_once", "at_least_once"),
+        default=_env("processing_guarantee"),
+        help="exactly_once (default): outputs, state and offsets in one transaction; "
+        "at_least_once: lower latency, but after a crash rewards may be counted twice and requests "
+        "answered twice (env BANDIT_PROCESSING_GUARANTEE)",
+    )
+    run.add_argument(
+        "--schema-registry-url",
+        default=_env("schema_registry_url"),
+        help="use the Confluent wire format with this schema registry "
+        "(env BANDIT_SCHEMA_REGISTRY_URL; default: schemaless Avro)",
+    )
+
+    topics = sub.add_parser("topics", help="manage the application's topics")
+    tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    create = tsub.add_parser("create", help="create every topic (the changelog compacted)")
+    _common(create)
+    create.add_argument(
+        "--partitions",
+        type=int,
+        default=6,
+        help="partitions of every co-partitioned topic (default 6)",
+    )
+    create.add_argument(
+        "--replication-factor",
+        type=int,
+        default=-1,
+        help="replication factor (default -1: the broker's default.replication.factor)",
+    )
+
+    state = sub.add_parser("state", help="inspect committed state")
+    ssub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    show = ssub.add_parser("show", help="show one key's committed state from the changelog")
+    _common(show)
+    show.add_argument("--key", required=True, help="a campaign_id or an ensemble_id")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sim = sub.add_parser(
+        "simulate", help="drive the synthetic market in closed loop through the topics"
+    )
+    _common(sim)
+    sim.add_argument("--campaigns", type=int, default=20, help="number of campaigns (default 20)")
+    sim.add_argument(
+        "--requests", type=int, default=10000, help="bid requests to send (default 10000)"
+    )
+    sim.add_argument(
+        "--trades", type=int, default=2000, help="trade outcomes to send (default 2000)"
+    )
+    sim.add_argument(
+        "--rate", type=float, default=1000.0, help="requests per second (default 1000)"
+    )
+    sim.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+    sim.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="give up waiting for decisions after this many seconds (default 120)",
+    )
+    return parser
+
+
+def _int_env(name: str) -> int | None:
+    value = _env(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        msg = f"{ENV[name]} must be an integer, got {value!r}"
+        raise SystemExit(msg) from None
+
+
+def build_config(args: argparse.Namespace) -> AppConfig:
+    """Merge YAML, environment (already folded into flag defaults) and flags."""
+    config = load_config(args.config)
+    changes: dict[str, Any] = {}
+    if args.bootstrap_servers:
+        changes["bootstrap_servers"] = args.bootstrap_servers
+    if getattr(args, "app_id", None):
+        changes["app_id"] = args.app_id
+    if getattr(args, "instance_id", None):
+        changes["instance_id"] = args.instance_id
+    port = getattr(args, "metrics_port", None)
+    if port is not None:
+        changes["metrics_port"] = None if port < 0 else port
+    if getattr(args, "processing_guarantee", None):
+        changes["processing_guarantee"] = args.processing_guarantee
+    if getattr(args, "schema_registry_url", None):
+        changes["schema_registry_url"] = args.schema_registry_url
+    return config.replace(**changes) if changes else config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = build_config(args)
+        if args.command == "run":
+            from processor.commands import cmd_run
+
+            return cmd_run(config)
+        if args.command == "topics":
+            from processor.commands import cmd_topics_create
+
+            return cmd_topics_create(config, args.partitions, args.replication_factor)
+        if args.command == "state":
+            from processor.commands import cmd_state_show
+
+            return cmd_state_show(config, args.key, as_json=args.json)
+        if args.command == "simulate":
+            from processor.simulate import cmd_simulate
+
+            return cmd_simulate(config, args)
+    except ProcessorError as exc:
+        print(f"bandit-processor: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2  # pragma: no cover - parser.error exits

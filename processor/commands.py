@@ -1,0 +1,144 @@
+"""Implementations of the CLI commands that talk to Kafka (``run``, ``topics``, ``state``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer
+
+from processor import metrics
+from processor.app import Stage
+from processor.config import AppConfig
+from processor.engine import PartitionEngine
+from processor.kafka.clients import InstanceClaim, make_admin, make_consumer
+from processor.kafka.serde import SerdeRegistry
+from processor.kafka.topics import create_topics, partition_counts
+from processor.state.changelog import read_changelog
+
+logger = logging.getLogger(__name__)
+
+
+def cmd_run(config: AppConfig) -> int:
+    """``bandit-processor run``."""
+    claim = None
+    if not config.instance_id:
+        claim = InstanceClaim(config.app_id)
+        config = config.replace(instance_id=claim.instance_id)
+    logger.info(
+        "instance id %s (transactional.id %s-%s)",
+        config.instance_id,
+        config.app_id,
+        config.instance_id,
+    )
+    health = metrics.Health()
+    server = None
+    if config.metrics_port is not None:
+        server = metrics.serve(config.metrics_port, health)
+    stage = Stage(config, health)
+    stage.install_signal_handlers()
+    try:
+        return stage.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+        if claim is not None:
+            claim.release()
+
+
+def cmd_topics_create(config: AppConfig, partitions: int, replication_factor: int) -> int:
+    """``bandit-processor topics create``."""
+    result = create_topics(make_admin(config), config, partitions, replication_factor)
+    for name, status in result.items():
+        print(f"{status:8s} {name}")
+    return 0
+
+
+def key_state_view(engine: PartitionEngine, kind: str, key: str) -> dict[str, Any]:
+    """The ``state show`` view of one restored key."""
+    if kind == "campaign":
+        ts = engine.campaigns.thompson
+        row = ts.row_of(key)
+        assert row is not None
+        rows = np.array([row], dtype=np.int64)
+        alpha, beta = ts.alpha(rows)[0], ts.beta(rows)[0]
+        probs = ts.propensities(rows)[0]
+        arms = {
+            name: {
+                "alpha": float(a),
+                "beta": float(b),
+                "mean": float(a / (a + b)),
+                "p_best": float(p),
+            }
+            for name, a, b, p, on in zip(
+                ts.arm_names, alpha, beta, probs, ts.active[row], strict=True
+            )
+            if on
+        }
+        full = engine.campaigns.get_key_state(key)
+        return {
+            "key": key,
+            "kind": kind,
+            "policy_version": int(ts.version[row]),
+            "thompson": arms,
+            "state": full,
+        }
+    bandit = engine.ensembles.bandit
+    return {
+        "key": key,
+        "kind": kind,
+        "exp3ix": bandit.get_key_state(key),
+        "weights": engine.ensembles.snapshot(key),
+    }
+
+
+def cmd_state_show(config: AppConfig, key: str, *, as_json: bool) -> int:
+    """``bandit-processor state show``: the committed state of ``key`` from the changelog."""
+    topic = config.changelog_topic
+    count = partition_counts(make_admin(config), [topic])[topic]
+    if count == 0:
+        print(f"bandit-processor: error: changelog topic {topic} does not exist", file=sys.stderr)
+        return 2
+    serdes = SerdeRegistry()
+
+    def factory() -> Consumer:
+        return make_consumer(config, **{"group.id": f"{config.app_id}-state-show"})
+
+    views = []
+    for p in range(count):
+        states, _ = read_changelog(factory, topic, p, serdes["StateRecord"])
+        for (kind, k), state in states.items():
+            if k != key:
+                continue
+            engine = PartitionEngine(config, p, serdes)
+            engine.restore(kind, k, state)
+            views.append(key_state_view(engine, kind, k))
+    if not views:
+        print(f"bandit-processor: no committed state for key {key!r} in {topic}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(views[0] if len(views) == 1 else views, indent=2, sort_keys=True))
+        return 0
+    for view in views:
+        print(f"{view['kind']} {view['key']}")
+        if view["kind"] == "campaign":
+            print(f"  policy_version {view['policy_version']}")
+            print(f"  {'arm':16s} {'alpha':>10s} {'beta':>10s} {'mean':>8s} {'P(best)':>8s}")
+            for arm, s in view["thompson"].items():
+                print(
+                    f"  {arm:16s} {s['alpha']:10.1f} {s['beta']:10.1f} {s['mean']:8.4f} "
+                    f"{s['p_best']:8.4f}"
+                )
+        else:
+            w = view["weights"]
+            print(f"  total_steps {w['total_steps']}  warm {w['warm']}")
+            print(f"  {'arm':20s} {'weight':>8s} {'bandit':>8s} {'prob':>8s}")
+            for arm, weight in w["weights"].items():
+                print(
+                    f"  {arm:20s} {weight:8.4f} {w['bandit_weights'][arm]:8.4f} "
+                    f"{w['probabilities'][arm]:8.4f}"
+                )
+    return 0

@@ -1,0 +1,148 @@
+"""Thin builders for the confluent-kafka clients the stage uses.
+
+Our settings come first, then the user's pass-through librdkafka settings (``kafka.common`` and the
+per-client mapping) override them, except for the few that exactly-once correctness depends on,
+which are enforced and logged when a user tries to change them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import IO, Any
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from processor.config import AppConfig, mask_secrets
+from processor.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class InstanceClaim:
+    """A host-local slot that makes the default instance id ``<hostname>-<slot>``.
+
+    The first instance of an app on a host takes slot 0, a second one running at the same time
+    slot 1, and so on; slots are held with an advisory file lock that the OS releases when the
+    process dies. A restarted instance therefore gets the same id back, and its transactional
+    producer fences the dead one's open transaction at once instead of leaving it to time out.
+    """
+
+    def __init__(self, app_id: str, lock_dir: Path | None = None, max_slots: int = 64) -> None:
+        root = lock_dir or Path(
+            os.environ.get(
+                "BANDIT_LOCK_DIR", Path.home() / ".cache" / "bandit-processor" / "instances"
+            )
+        )
+        root.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname()
+        for slot in range(max_slots):
+            path = root / f"{app_id}-{host}-{slot}.lock"
+            handle = path.open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            self._handle: IO[str] | None = handle
+            self.instance_id = f"{host}-{slot}"
+            return
+        msg = f"no free instance slot for app {app_id} on {host} (max {max_slots})"
+        raise ConfigError(msg)
+
+    def release(self) -> None:
+        """Give the slot back (also happens when the process exits)."""
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def transactional_id(config: AppConfig) -> str:
+    """``<app_id>-<instance_id>``: stable across restarts of the same instance."""
+    if not config.instance_id:
+        msg = "instance_id must be set (the CLI claims a host-local default)"
+        raise ConfigError(msg)
+    return f"{config.app_id}-{config.instance_id}"
+
+
+def _merge(
+    base: dict[str, Any], *overrides: Any, enforced: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    conf = dict(base)
+    for override in overrides:
+        conf.update(override)
+    for name, value in (enforced or {}).items():
+        if name in conf and str(conf[name]).lower() != str(value).lower():
+            logger.warning(
+                "ignoring kafka setting %s=%s: the stage needs %s", name, conf[name], value
+            )
+        conf[name] = value
+    return conf
+
+
+def consumer_config(config: AppConfig, **extra: Any) -> dict[str, Any]:
+    """Settings of the input consumer (group = app id)."""
+    base = {
+        "bootstrap.servers": config.bootstrap_servers,
+        "group.id": config.app_id,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+        "enable.partition.eof": False,
+        "fetch.wait.max.ms": min(100, config.commit_interval_ms),
+        "queued.max.messages.kbytes": 65536,
+        "session.timeout.ms": 10000,
+        "heartbeat.interval.ms": 2000,
+        "max.poll.interval.ms": 300000,
+    }
+    enforced: dict[str, Any] = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+    if config.exactly_once:
+        enforced["isolation.level"] = "read_committed"
+    return _merge(base, config.kafka.common, config.kafka.consumer, extra, enforced=enforced)
+
+
+def producer_config(config: AppConfig, **extra: Any) -> dict[str, Any]:
+    """Settings of the output producer (transactional in exactly-once mode)."""
+    base: dict[str, Any] = {
+        "bootstrap.servers": config.bootstrap_servers,
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1000000,
+        "queue.buffering.max.kbytes": 1048576,
+        "compression.type": "lz4",
+    }
+    enforced: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+    if config.exactly_once:
+        enforced["transactional.id"] = transactional_id(config)
+        base["transaction.timeout.ms"] = config.transaction_timeout_ms
+    return _merge(base, config.kafka.common, config.kafka.producer, extra, enforced=enforced)
+
+
+def admin_config(config: AppConfig) -> dict[str, Any]:
+    """Settings of the admin client."""
+    return _merge(
+        {"bootstrap.servers": config.bootstrap_servers}, config.kafka.common, config.kafka.admin
+    )
+
+
+def make_consumer(config: AppConfig, **extra: Any) -> Consumer:
+    """Create a consumer; its settings are logged with secrets masked."""
+    conf = consumer_config(config, **extra)
+    logger.debug("consumer settings: %s", mask_secrets(conf))
+    return Consumer(conf)
+
+
+def make_producer(config: AppConfig, **extra: Any) -> Producer:
+    """Create a producer; its settings are logged with secrets masked."""
+    conf = producer_config(config, **extra)
+    logger.debug("producer settings: %s", mask_secrets(conf))
+    return Producer(conf)
+
+
+def make_admin(config: AppConfig) -> AdminClient:
+    """Create an admin client."""
+    return AdminClient(admin_config(config))

@@ -1,0 +1,767 @@
+"""Bidding policy: Thompson-sampled bid strategies under safety guardrails, on batches.
+
+``BidPolicy.decide`` turns a batch of bid requests (columns) into a batch of decisions
+with a handful of numpy operations; ``BidPolicy.observe`` applies a batch of outcomes.
+
+Semantics (documented contract):
+
+* **Randomness.** Every random number of a decision comes from
+  :func:`~processor.policy.hashing.request_uniforms` on ``(seed, stream, request_id)``:
+  the same state and request always give the same decision, however requests are batched.
+* **Mode.** ``exploit`` when the Thompson draw picked the arm with the best posterior mean,
+  ``explore`` otherwise; only exploring decisions get bid / budget jitter. ``emergency``
+  when the campaign is in emergency mode (conservative arm, no jitter); ``blocked`` when a
+  guardrail refused to bid (``bid_amount = budget = 0``). ``deterministic=True`` always plays
+  the best posterior mean (mode ``exploit``).
+* **Confidence** (the original ``explore_vs_exploit`` confidence, redefined): the posterior
+  probability that the played arm is the best arm, P(argmax = arm), computed exactly.
+* **Propensity**: the probability with which the logging policy played that arm in this
+  context — the Thompson P(argmax) for sampled decisions, 1.0 when the arm was fixed
+  (``deterministic``, emergency, restricted-hours / ROI-floor conservative arm). This is the
+  number off-policy evaluation needs.
+* **policy_version**: reward events applied to the campaign so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from processor.bandits.keyed import KeyedThompson
+from processor.errors import ConfigError, StateError
+from processor.policy.hashing import (
+    STREAM_ARM,
+    STREAM_BID_JITTER,
+    STREAM_BUDGET_JITTER,
+    STREAM_REWARD,
+    request_uniforms,
+)
+from processor.policy.safety import (
+    G_EXHAUSTED,
+    GUARDRAIL_NAMES,
+    VIOLATION_NAMES,
+    SafetyConstraints,
+    SafetyState,
+    arm_overrides,
+    clamp_money,
+)
+
+logger = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+
+REWARD_DEFINITIONS = ("conversions", "clicks", "profit", "roi")
+SUCCESS_RULES = ("positive", "bernoulli")
+MODES = ("explore", "exploit", "emergency", "blocked")
+M_EXPLORE, M_EXPLOIT, M_EMERGENCY, M_BLOCKED = range(4)
+
+__all__ = [
+    "GUARDRAIL_NAMES",
+    "MODES",
+    "VIOLATION_NAMES",
+    "ArmSpec",
+    "BidPolicy",
+    "BiddingConfig",
+    "BiddingState",
+    "DecisionBatch",
+    "ObserveResult",
+    "OutcomeBatch",
+    "RequestBatch",
+]
+
+
+def _col_str(records: Sequence[Mapping[str, Any]], name: str) -> npt.NDArray[Any]:
+    return np.array([str(r.get(name) or "") for r in records] or [], dtype=object)
+
+
+def _col_float(records: Sequence[Mapping[str, Any]], name: str) -> F64:
+    vals = [r.get(name) for r in records]
+    return np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
+
+
+def _col_int(records: Sequence[Mapping[str, Any]], name: str, default: int = 0) -> I64:
+    vals = [r.get(name) for r in records]
+    return np.array([default if v is None else int(v) for v in vals], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class RequestBatch:
+    """A batch of BidRequest records as numpy columns (NaN = missing ``target_cpa``)."""
+
+    request_id: npt.NDArray[Any]
+    campaign_id: npt.NDArray[Any]
+    audience: npt.NDArray[Any]
+    event_time: I64
+    base_bid: F64
+    base_budget: F64
+    daily_budget: F64
+    spent_today: F64
+    target_cpa: F64
+    utc_offset_minutes: I64
+    context: npt.NDArray[Any]
+
+    def __len__(self) -> int:
+        return int(self.request_id.shape[0])
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> RequestBatch:
+        """Columns from BidRequest dicts (DESIGN §2 shapes)."""
+        ctx = np.empty(len(records), dtype=object)
+        ctx[:] = [dict(r.get("context") or {}) for r in records]
+        return cls(
+            request_id=_col_str(records, "request_id"),
+            campaign_id=_col_str(records, "campaign_id"),
+            audience=_col_str(records, "audience"),
+            event_time=_col_int(records, "event_time"),
+            base_bid=_col_float(records, "base_bid"),
+            base_budget=_col_float(records, "base_budget"),
+            daily_budget=_col_float(records, "daily_budget"),
+            spent_today=_col_float(records, "spent_today"),
+            target_cpa=_col_float(records, "target_cpa"),
+            utc_offset_minutes=_col_int(records, "utc_offset_minutes"),
+            context=ctx,
+        )
+
+    def take(self, index: Any) -> RequestBatch:
+        """Sub-batch of the rows selected by ``index`` (slice, mask or indices)."""
+        return RequestBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class OutcomeBatch:
+    """A batch of BidOutcome records as numpy columns.
+
+    ``reward``, ``success`` (1.0 / 0.0), ``budget`` and ``target_cpa`` are NaN when missing;
+    ``policy_version`` is -1 when unknown.
+    """
+
+    request_id: npt.NDArray[Any]
+    campaign_id: npt.NDArray[Any]
+    arm: npt.NDArray[Any]
+    event_time: I64
+    won: B
+    clicks: I64
+    conversions: I64
+    spend: F64
+    revenue: F64
+    reward: F64
+    success: F64
+    propensity: F64
+    policy_version: I64
+    budget: F64
+    target_cpa: F64
+
+    def __len__(self) -> int:
+        return int(self.request_id.shape[0])
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, Any]]) -> OutcomeBatch:
+        """Columns from BidOutcome dicts (DESIGN §2 shapes)."""
+        return cls(
+            request_id=_col_str(records, "request_id"),
+            campaign_id=_col_str(records, "campaign_id"),
+            arm=_col_str(records, "arm"),
+            event_time=_col_int(records, "event_time"),
+            won=np.array([bool(r.get("won")) for r in records], dtype=np.bool_),
+            clicks=_col_int(records, "clicks"),
+            conversions=_col_int(records, "conversions"),
+            spend=_col_float(records, "spend"),
+            revenue=_col_float(records, "revenue"),
+            reward=_col_float(records, "reward"),
+            success=_col_float(records, "success"),
+            propensity=_col_float(records, "propensity"),
+            policy_version=_col_int(records, "policy_version", -1),
+            budget=_col_float(records, "budget"),
+            target_cpa=_col_float(records, "target_cpa"),
+        )
+
+    def take(self, index: Any) -> OutcomeBatch:
+        """Sub-batch of the rows selected by ``index``."""
+        return OutcomeBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    """A batch of decisions as numpy columns.
+
+    ``mode`` holds indices into :data:`MODES`; ``guardrails`` is a bitmask over
+    :data:`GUARDRAIL_NAMES` (bit i = name i).
+    """
+
+    request_id: npt.NDArray[Any]
+    campaign_id: npt.NDArray[Any]
+    arm: npt.NDArray[Any]
+    arm_index: I64
+    bid_amount: F64
+    budget: F64
+    propensity: F64
+    confidence: F64
+    mode: I64
+    guardrails: I64
+    policy_version: I64
+    event_time: I64
+    decided_at: I64
+
+    def __len__(self) -> int:
+        return int(self.request_id.shape[0])
+
+    def mode_names(self) -> npt.NDArray[Any]:
+        """Mode names per decision."""
+        return np.array(MODES, dtype=object)[self.mode]
+
+    def has_guardrail(self, name: str) -> B:
+        """Decisions whose guardrail list contains ``name``."""
+        bit = np.int64(1 << GUARDRAIL_NAMES.index(name))
+        return np.asarray((self.guardrails & bit) != 0, dtype=np.bool_)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """BidDecision dicts (DESIGN §2 shape), guardrails as a list of names."""
+        names = [
+            [g for i, g in enumerate(GUARDRAIL_NAMES) if m >> i & 1]
+            for m in self.guardrails.tolist()
+        ]
+        cols = zip(
+            self.request_id.tolist(),
+            self.campaign_id.tolist(),
+            self.arm.tolist(),
+            self.bid_amount.tolist(),
+            self.budget.tolist(),
+            self.propensity.tolist(),
+            self.confidence.tolist(),
+            self.mode_names().tolist(),
+            names,
+            self.policy_version.tolist(),
+            self.event_time.tolist(),
+            self.decided_at.tolist(),
+            strict=True,
+        )
+        keys = (
+            "request_id",
+            "campaign_id",
+            "arm",
+            "bid_amount",
+            "budget",
+            "propensity",
+            "confidence",
+            "mode",
+            "guardrails",
+            "policy_version",
+            "event_time",
+            "decided_at",
+        )
+        return [dict(zip(keys, c, strict=True)) for c in cols]
+
+
+def _bad_money(x: F64, allow_nan: bool = False) -> B:
+    bad = ~np.isfinite(x) | (x < 0)
+    return np.asarray(bad & ~np.isnan(x) if allow_nan else bad, dtype=np.bool_)
+
+
+def _reasons(n: int, checks: list[tuple[B, str]]) -> npt.NDArray[Any]:
+    out = np.full(n, None, dtype=object)
+    for bad, reason in reversed(checks):  # the first failing check names the row
+        out[bad] = reason
+    return out
+
+
+def validate_requests(requests: RequestBatch) -> npt.NDArray[Any]:
+    """Reason per request it must not be decided (dead-letter), or ``None``.
+
+    Checks empty ids, ids with control characters, NaN / inf / negative money and a
+    non-positive ``target_cpa``.
+    """
+    n = len(requests)
+    ids = np.asarray(requests.request_id, dtype=np.str_)
+    cps = np.asarray(requests.campaign_id, dtype=np.str_)
+    ctrl = np.zeros(n, dtype=np.bool_)
+    for cc in ("\n", "\r", "\t", "\x1b"):
+        ctrl |= (np.strings.find(ids, cc) >= 0) | (np.strings.find(cps, cc) >= 0)
+    tgt = requests.target_cpa
+    return _reasons(
+        n,
+        [
+            (np.strings.str_len(ids) == 0, "empty request_id"),
+            (np.strings.str_len(cps) == 0, "empty campaign_id"),
+            (ctrl, "control character in an id"),
+            (_bad_money(requests.base_bid), "base_bid is NaN, infinite or negative"),
+            (_bad_money(requests.base_budget), "base_budget is NaN, infinite or negative"),
+            (_bad_money(requests.daily_budget), "daily_budget is NaN, infinite or negative"),
+            (_bad_money(requests.spent_today), "spent_today is NaN, infinite or negative"),
+            (~np.isnan(tgt) & ~(np.isfinite(tgt) & (tgt > 0)), "target_cpa must be > 0"),
+        ],
+    )
+
+
+def validate_outcomes(outcomes: OutcomeBatch, state: BiddingState) -> npt.NDArray[Any]:
+    """Reason per outcome it must not be applied (dead-letter), or ``None``.
+
+    Checks empty ids, arms that are not active for the campaign, propensity outside
+    (0, 1], NaN / inf / negative spend, revenue, counts and budget, a non-finite reward,
+    and a success flag other than 0 / 1. Does not create state rows.
+    """
+    n = len(outcomes)
+    ts = state.thompson
+    names = list(ts.arm_names)
+    lut = {a: i for i, a in enumerate(names)}
+    arm_idx = np.array([lut.get(str(a), -1) for a in outcomes.arm.tolist()], dtype=np.int64)
+    known = np.array([ts.row_of(str(c)) for c in outcomes.campaign_id.tolist()], dtype=object)
+    has_row = np.array([r is not None and int(r) >= 0 for r in known], dtype=np.bool_)
+    rows = np.where(has_row, np.array([int(r) if r is not None else -1 for r in known]), 0)
+    # A campaign without a row would get the default arms; KeyedThompson does not expose its
+    # run-time default set, so the configured arms stand in for it.
+    configured = np.array([str(a) in state.config.arms for a in outcomes.arm.tolist()], dtype=bool)
+    active = has_row | configured
+    sel = has_row & (arm_idx >= 0)
+    if sel.any():
+        active[sel] = np.asarray(ts.active)[rows[sel], arm_idx[sel]]
+    p = outcomes.propensity
+    rew, suc = outcomes.reward, outcomes.success
+    return _reasons(
+        n,
+        [
+            (np.strings.str_len(outcomes.request_id.astype(np.str_)) == 0, "empty request_id"),
+            (np.strings.str_len(outcomes.campaign_id.astype(np.str_)) == 0, "empty campaign_id"),
+            (arm_idx < 0, "unknown arm"),
+            (~active, "arm not active for this campaign"),
+            (~(np.isfinite(p) & (p > 0) & (p <= 1)), "propensity outside (0, 1]"),
+            (_bad_money(outcomes.spend), "spend is NaN, infinite or negative"),
+            (_bad_money(outcomes.revenue), "revenue is NaN, infinite or negative"),
+            ((outcomes.clicks < 0) | (outcomes.conversions < 0), "negative clicks or conversions"),
+            (_bad_money(outcomes.budget, allow_nan=True), "budget is infinite or negative"),
+            (np.isinf(rew), "reward is infinite"),
+            (~np.isnan(suc) & (suc != 0) & (suc != 1), "success must be true or false"),
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """What an arm does to the request's base bid and base budget."""
+
+    bid_multiplier: float
+    budget_multiplier: float
+
+    def __post_init__(self) -> None:
+        for name in ("bid_multiplier", "budget_multiplier"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                msg = f"bidding.arms: {name} must be a finite number > 0, got {v!r}"
+                raise ConfigError(msg)
+
+
+def _default_arms() -> dict[str, ArmSpec]:
+    # Budget multipliers stay inside the default max_budget_deviation (±20%), so the
+    # deviation guardrail only fires when exploration jitter pushes past it.
+    return {
+        "conservative": ArmSpec(0.8, 0.8),
+        "balanced": ArmSpec(1.0, 1.0),
+        "aggressive": ArmSpec(1.2, 1.1),
+        "experimental": ArmSpec(1.4, 1.2),
+    }
+
+
+@dataclass(frozen=True)
+class BiddingConfig:
+    """Bidding policy settings.
+
+    Attributes:
+        arms: Arm name → :class:`ArmSpec` (order = arm index order).
+        conservative_arm: Arm used in emergency mode and as the guardrails' fallback.
+        explore_budget_jitter: Exploring decisions' budget × U(1 − this, 1 + this).
+        explore_bid_jitter: Exploring decisions' bid × U(1 − this, 1 + this).
+        prior_alpha: Beta prior α of every arm.
+        prior_beta: Beta prior β of every arm.
+        discount: Per-``discount_unit_ms`` decay γ of the evidence (1.0 = stationary).
+        discount_unit_ms: Time unit of the discount.
+        reward: Reward definition when an outcome carries none: ``"conversions"``,
+            ``"clicks"``, ``"profit"`` (revenue − spend) or ``"roi"`` ((revenue − spend) / spend).
+        success_rule: ``"positive"`` (reward > 0) or ``"bernoulli"`` (success with probability
+            reward clipped to [0, 1], drawn from the request's reward stream). An outcome's own
+            ``success`` flag always wins.
+        seed: Policy seed of every decision's randomness.
+    """
+
+    arms: Mapping[str, ArmSpec] = field(default_factory=_default_arms)
+    conservative_arm: str = "conservative"
+    explore_budget_jitter: float = 0.10
+    explore_bid_jitter: float = 0.05
+    prior_alpha: float = 1.0
+    prior_beta: float = 1.0
+    discount: float = 1.0
+    discount_unit_ms: int = 3_600_000
+    reward: str = "profit"
+    success_rule: str = "positive"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        arms = {str(k): _arm_spec(k, v) for k, v in dict(self.arms).items()}
+        object.__setattr__(self, "arms", arms)
+        if not arms:
+            msg = "bidding.arms must name at least one arm"
+            raise ConfigError(msg)
+        if self.conservative_arm not in arms:
+            msg = f"bidding.conservative_arm {self.conservative_arm!r} is not one of the arms"
+            raise ConfigError(msg)
+        for name in ("explore_budget_jitter", "explore_bid_jitter"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                msg = f"bidding.{name} must be in [0, 1), got {v!r}"
+                raise ConfigError(msg)
+        for name in ("prior_alpha", "prior_beta"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                msg = f"bidding.{name} must be > 0, got {v!r}"
+                raise ConfigError(msg)
+        if not 0.0 < self.discount <= 1.0:
+            msg = f"bidding.discount must be in (0, 1], got {self.discount!r}"
+            raise ConfigError(msg)
+        if self.discount_unit_ms <= 0:
+            msg = "bidding.discount_unit_ms must be > 0"
+            raise ConfigError(msg)
+        if self.reward not in REWARD_DEFINITIONS:
+            msg = f"bidding.reward must be one of {REWARD_DEFINITIONS}, got {self.reward!r}"
+            raise ConfigError(msg)
+        if self.success_rule not in SUCCESS_RULES:
+            msg = f"bidding.success_rule must be one of {SUCCESS_RULES}"
+            raise ConfigError(msg)
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        """Arm names in index order."""
+        return tuple(self.arms)
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any]) -> BiddingConfig:
+        """Build from a mapping (a YAML section); arms may be ``{name: [bid, budget]}`` or
+        ``{name: {bid_multiplier: .., budget_multiplier: ..}}``.
+
+        Raises:
+            ConfigError: Unknown key or invalid value.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            msg = f"bidding: unknown settings {unknown}"
+            raise ConfigError(msg)
+        return cls(**dict(mapping))
+
+
+def _arm_spec(name: Any, value: Any) -> ArmSpec:
+    if isinstance(value, ArmSpec):
+        return value
+    if isinstance(value, Mapping):
+        extra = set(value) - {"bid_multiplier", "budget_multiplier"}
+        if extra:
+            msg = f"bidding.arms.{name}: unknown settings {sorted(extra)}"
+            raise ConfigError(msg)
+        try:
+            return ArmSpec(float(value["bid_multiplier"]), float(value["budget_multiplier"]))
+        except KeyError as exc:
+            msg = f"bidding.arms.{name}: missing {exc}"
+            raise ConfigError(msg) from exc
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return ArmSpec(float(value[0]), float(value[1]))
+    msg = f"bidding.arms.{name}: expected [bid, budget] or a mapping, got {value!r}"
+    raise ConfigError(msg)
+
+
+class BiddingState:
+    """Struct-of-arrays state of many campaigns: Thompson posteriors plus safety arrays.
+
+    Row ``i`` of the :class:`KeyedThompson` and of the :class:`SafetyState` belong to the
+    same campaign.
+    """
+
+    def __init__(self, config: BiddingConfig) -> None:
+        self.config = config
+        self.thompson = KeyedThompson(
+            list(config.arm_names),
+            prior_alpha=config.prior_alpha,
+            prior_beta=config.prior_beta,
+            discount=config.discount,
+            discount_unit_ms=config.discount_unit_ms,
+        )
+        self.safety = SafetyState()
+
+    def rows(self, campaign_ids: Any, create: bool = True) -> I64:
+        """Rows of ``campaign_ids`` (new campaigns get fresh rows when ``create``)."""
+        keys = campaign_ids.tolist() if isinstance(campaign_ids, np.ndarray) else campaign_ids
+        rows = np.asarray(self.thompson.rows(keys, create=create), dtype=np.int64)
+        self.safety.ensure_rows(self.thompson.n_keys)
+        return rows
+
+    def row(self, key: str) -> int:
+        """Row of one campaign, created if new."""
+        return int(self.rows(np.array([key], dtype=object))[0])
+
+    def get_key_state(self, key: str) -> dict[str, Any]:
+        """JSON-able state of one campaign (exact round trip through JSON)."""
+        row = self.row(key)
+        return {
+            "thompson": self.thompson.get_key_state(key),
+            "safety": self.safety.get_row_state(row),
+        }
+
+    def set_key_state(self, key: str, state: Mapping[str, Any]) -> None:
+        """Restore one campaign from :meth:`get_key_state` output.
+
+        Raises:
+            StateError: Malformed state.
+        """
+        if not isinstance(state, Mapping) or not {"thompson", "safety"} <= set(state):
+            msg = f"bidding state for {key!r} needs 'thompson' and 'safety'"
+            raise StateError(msg)
+        self.thompson.set_key_state(key, state["thompson"])
+        self.safety.set_row_state(self.row(key), state["safety"])
+
+    def reset_key(self, key: str) -> None:
+        """Forget one campaign's posteriors and safety history."""
+        self.thompson.reset_key(key)
+        self.safety.reset_row(self.row(key))
+
+    def set_emergency(self, key: str, on: bool) -> None:
+        """Force a campaign into (``on``) or out of emergency mode (a control command)."""
+        self.safety.set_emergency(self.row(key), on)
+        logger.info("emergency mode %s for campaign %s by command", "set" if on else "cleared", key)
+
+    def in_emergency(self, key: str) -> bool:
+        """Whether one campaign is in emergency mode."""
+        return bool(self.safety.emergency[self.row(key)])
+
+
+@dataclass(frozen=True)
+class ObserveResult:
+    """Per-event results of :meth:`BidPolicy.observe`, in event order."""
+
+    reward: F64
+    success: B
+    violations: I64
+    """Bitmask over :data:`VIOLATION_NAMES` (0 = healthy)."""
+    in_emergency: B
+    degraded: B
+    entered_emergency: list[str]
+    left_emergency: list[str]
+
+    @property
+    def violation(self) -> B:
+        """Events that were a safety violation."""
+        return np.asarray(self.violations != 0, dtype=np.bool_)
+
+
+class BidPolicy:
+    """Thompson-sampling bid policy with safe exploration and guardrails.
+
+    Args:
+        config: Arms, jitter, priors, reward definition, seed.
+        safety: Guardrail settings.
+    """
+
+    def __init__(self, config: BiddingConfig, safety: SafetyConstraints | None = None) -> None:
+        self.config = config
+        self.safety = safety if safety is not None else SafetyConstraints()
+
+    def _arm_table(self, state: BiddingState) -> tuple[npt.NDArray[Any], F64, F64, int]:
+        """Names, bid and budget multipliers per Thompson column, and the conservative column.
+
+        Arms added at run time by a control command that the config does not name bid like
+        a neutral arm (multipliers 1.0).
+        """
+        names = state.thompson.arm_names
+        neutral = ArmSpec(1.0, 1.0)
+        specs = [self.config.arms.get(a, neutral) for a in names]
+        return (
+            np.array(names, dtype=object),
+            np.array([s.bid_multiplier for s in specs]),
+            np.array([s.budget_multiplier for s in specs]),
+            state.thompson.column(self.config.conservative_arm),
+        )
+
+    def new_state(self) -> BiddingState:
+        """Empty state for this policy's config."""
+        return BiddingState(self.config)
+
+    def decide(
+        self,
+        requests: RequestBatch,
+        state: BiddingState,
+        deterministic: bool = False,
+        decided_at_ms: int | None = None,
+    ) -> DecisionBatch:
+        """Decide a batch of requests (see the module docstring for the semantics).
+
+        Args:
+            requests: Validated requests (see :func:`validate_requests`).
+            state: Campaign state; unknown campaigns get fresh rows.
+            deterministic: Exploit only (best posterior mean, no jitter).
+            decided_at_ms: ``decided_at`` of every decision (default: wall clock).
+
+        Returns:
+            One decision per request, in request order.
+        """
+        cfg, n = self.config, len(requests)
+        rows = state.rows(requests.campaign_id)
+        arm_names, bid_mult, budget_mult, cons = self._arm_table(state)
+        ts = state.thompson
+        ids = requests.request_id
+        props = np.asarray(ts.propensities(rows), dtype=np.float64) if n else np.zeros((0, 1))
+        greedy, _ = ts.select_deterministic(rows)
+        greedy = np.asarray(greedy, dtype=np.int64)
+        if deterministic:
+            arm = greedy.copy()
+            propensity = np.ones(n)
+            mode = np.full(n, M_EXPLOIT, dtype=np.int64)
+        else:
+            arm_s, prop_s = ts.select(rows, request_uniforms(cfg.seed, ids, STREAM_ARM))
+            arm = np.asarray(arm_s, dtype=np.int64)
+            propensity = np.asarray(prop_s, dtype=np.float64)
+            mode = np.where(arm == greedy, M_EXPLOIT, M_EXPLORE)
+        emergency = state.safety.emergency[rows]
+        forced, blocked, mask = arm_overrides(
+            self.safety,
+            in_emergency=emergency,
+            audience=requests.audience,
+            event_time_ms=requests.event_time,
+            utc_offset_minutes=requests.utc_offset_minutes,
+            roi_below_floor=state.safety.roi_below_floor(self.safety, rows),
+        )
+        arm = np.where(forced, cons, arm)
+        propensity = np.where(forced, 1.0, propensity)
+        mode = np.where(forced, M_EXPLOIT, mode)
+        mode = np.where(emergency, M_EMERGENCY, mode)
+        exploring = mode == M_EXPLORE
+        bid = requests.base_bid * bid_mult[arm]
+        budget = requests.base_budget * budget_mult[arm]
+        if exploring.any():
+            bid = bid * np.where(
+                exploring, self._jitter(ids, STREAM_BID_JITTER, cfg.explore_bid_jitter), 1.0
+            )
+            budget = budget * np.where(
+                exploring, self._jitter(ids, STREAM_BUDGET_JITTER, cfg.explore_budget_jitter), 1.0
+            )
+        bid, budget, exhausted, mask2 = clamp_money(
+            self.safety,
+            bid=bid,
+            budget=budget,
+            base_budget=requests.base_budget,
+            daily_budget=requests.daily_budget,
+            spent_today=requests.spent_today,
+            target_cpa=requests.target_cpa,
+        )
+        # A refused request lists only the reason it was refused.
+        mask2 = np.where(exhausted, G_EXHAUSTED, mask2)
+        mask = mask | np.where(blocked, np.int64(0), mask2)
+        blocked = blocked | exhausted
+        mode = np.where(blocked, M_BLOCKED, mode)
+        now = int(time.time() * 1000) if decided_at_ms is None else int(decided_at_ms)
+        return DecisionBatch(
+            request_id=ids,
+            campaign_id=requests.campaign_id,
+            arm=arm_names[arm],
+            arm_index=arm,
+            bid_amount=np.where(blocked, 0.0, bid),
+            budget=np.where(blocked, 0.0, budget),
+            propensity=propensity,
+            confidence=props[np.arange(n), arm] if n else np.zeros(0),
+            mode=mode.astype(np.int64),
+            guardrails=mask.astype(np.int64),
+            policy_version=np.asarray(ts.version[rows], dtype=np.int64),
+            event_time=requests.event_time,
+            decided_at=np.full(n, now, dtype=np.int64),
+        )
+
+    @staticmethod
+    def validate_requests(requests: RequestBatch) -> npt.NDArray[Any]:
+        """Same as the module-level :func:`validate_requests`."""
+        return validate_requests(requests)
+
+    @staticmethod
+    def validate_outcomes(outcomes: OutcomeBatch, state: BiddingState) -> npt.NDArray[Any]:
+        """Same as the module-level :func:`validate_outcomes`."""
+        return validate_outcomes(outcomes, state)
+
+    def _jitter(self, ids: npt.NDArray[Any], stream: int, width: float) -> F64:
+        u = request_uniforms(self.config.seed, ids, stream)
+        return 1.0 + width * (2.0 * u - 1.0)
+
+    def rewards(self, outcomes: OutcomeBatch) -> tuple[F64, B]:
+        """Reward and success per outcome (event ``success`` > event ``reward`` > definition)."""
+        cfg = self.config
+        spend, revenue = outcomes.spend, outcomes.revenue
+        if cfg.reward == "conversions":
+            defined = outcomes.conversions.astype(np.float64)
+        elif cfg.reward == "clicks":
+            defined = outcomes.clicks.astype(np.float64)
+        elif cfg.reward == "profit":
+            defined = revenue - spend
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                defined = np.where(
+                    spend > 0, (revenue - spend) / np.where(spend > 0, spend, 1), 0.0
+                )
+        reward = np.where(np.isnan(outcomes.reward), defined, outcomes.reward)
+        if cfg.success_rule == "positive":
+            rule = reward > 0
+        else:
+            u = request_uniforms(cfg.seed, outcomes.request_id, STREAM_REWARD)
+            rule = u < np.clip(reward, 0.0, 1.0)
+        success = np.where(np.isnan(outcomes.success), rule, outcomes.success > 0.5)
+        return np.asarray(reward, dtype=np.float64), np.asarray(success, dtype=np.bool_)
+
+    def observe(self, outcomes: OutcomeBatch, state: BiddingState) -> ObserveResult:
+        """Apply a batch of validated outcomes in event order.
+
+        Thompson update (order-exact batch), outcome-side safety checks, consecutive
+        violation counters, emergency enter / leave and the performance monitor.
+
+        Args:
+            outcomes: Outcomes that passed :func:`validate_outcomes`.
+            state: Campaign state; unknown campaigns get fresh rows.
+
+        Returns:
+            Per-event reward, success and safety flags, and the campaigns whose emergency
+            mode changed.
+        """
+        rows = state.rows(outcomes.campaign_id)
+        reward, success = self.rewards(outcomes)
+        arms = self.arm_indices(outcomes.arm, state)
+        if len(outcomes):
+            state.thompson.update(
+                rows, arms, success.astype(np.float64), event_time_ms=outcomes.event_time
+            )
+        checks = state.safety.observe(
+            self.safety,
+            rows,
+            reward,
+            outcomes.spend,
+            outcomes.revenue,
+            outcomes.conversions.astype(np.float64),
+            outcomes.budget,
+            outcomes.target_cpa,
+        )
+        keys = state.thompson.keys
+        return ObserveResult(
+            reward=reward,
+            success=success,
+            violations=checks.violations,
+            in_emergency=checks.in_emergency,
+            degraded=checks.degraded,
+            entered_emergency=[str(keys[int(r)]) for r in checks.entered_rows],
+            left_emergency=[str(keys[int(r)]) for r in checks.left_rows],
+        )
+
+    @staticmethod
+    def arm_indices(arms: npt.NDArray[Any], state: BiddingState) -> I64:
+        """Thompson column per arm name (-1 for unknown names)."""
+        uniq, inv = np.unique(np.asarray(arms, dtype=np.str_), return_inverse=True)
+        col = {a: i for i, a in enumerate(state.thompson.arm_names)}
+        lut = np.array([col.get(str(a), -1) for a in uniq.tolist()], dtype=np.int64)
+        return lut[inv] if uniq.size else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,322 @@
+"""Helpers for driving the real stage (``python -m processor run``) in integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from processor.commands import key_state_view
+from processor.config import AppConfig, config_from_dict
+from processor.engine import PartitionEngine
+from processor.kafka.clients import make_admin
+from processor.kafka.serde import SerdeRegistry
+from processor.kafka.topics import create_topics
+from processor.state.changelog import read_changelog
+from processor.testing import free_port, unique_name, wait_for
+
+SERDES = SerdeRegistry()
+
+
+def app_config(bootstrap: str, tmp: Path, **overrides: Any) -> tuple[AppConfig, Path]:
+    """A config with unique topic names, written to a YAML file for the subprocess."""
+    app_id = unique_name("app")
+    data: dict[str, Any] = {
+        "app_id": app_id,
+        "bootstrap_servers": bootstrap,
+        "commit_interval_ms": 100,
+        "topics": {
+            name: f"{app_id}-{name.replace('_', '-')}"
+            for name in (
+                "bid_requests",
+                "bid_outcomes",
+                "trade_outcomes",
+                "control",
+                "bid_decisions",
+                "ensemble_weights",
+                "dead_letters",
+            )
+        },
+    }
+    data.update(overrides)
+    path = tmp / f"{app_id}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return config_from_dict(data), path
+
+
+def make_topics(config: AppConfig, partitions: int) -> None:
+    create_topics(make_admin(config), config, partitions, replication_factor=1)
+
+
+@dataclass
+class StageProcess:
+    """A stage instance running as a subprocess."""
+
+    config: AppConfig
+    config_path: Path
+    instance_id: str
+    log_path: Path
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    def start(self) -> StageProcess:
+        self.port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "processor",
+            "run",
+            "--config",
+            str(self.config_path),
+            "--instance-id",
+            self.instance_id,
+            "--metrics-port",
+            str(self.port),
+            *self.extra_args,
+        ]
+        log = self.log_path.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            msg = f"stage exited with {self.proc.returncode}:\n{self.log_tail()}"
+            raise AssertionError(msg)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> StageProcess:
+        wait_for(self.ready, timeout=timeout, description="stage /readyz")
+        return self
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        return int(self.proc.returncode)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def producer(config: AppConfig) -> Producer:
+    return Producer(
+        {
+            "bootstrap.servers": config.bootstrap_servers,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+        }
+    )
+
+
+def produce(
+    config: AppConfig, topic: str, schema: str, records: Iterable[Mapping[str, Any]], key_field: str
+) -> int:
+    p = producer(config)
+    serde = SERDES[schema]
+    n = 0
+    for rec in records:
+        while True:
+            try:
+                p.produce(topic, serde.encode(rec), str(rec[key_field]).encode())
+                break
+            except BufferError:
+                p.poll(0.1)
+        n += 1
+    assert p.flush(30) == 0
+    return n
+
+
+def produce_raw(
+    config: AppConfig, topic: str, pairs: Iterable[tuple[bytes | None, bytes | None]]
+) -> None:
+    p = producer(config)
+    for key, value in pairs:
+        p.produce(topic, value, key)
+    assert p.flush(30) == 0
+
+
+def read_all(
+    config: AppConfig,
+    topic: str,
+    schema: str | None,
+    timeout: float = 30.0,
+    isolation: str = "read_committed",
+) -> list[Any]:
+    """Every committed record of ``topic`` up to its current end."""
+    c = Consumer(
+        {
+            "bootstrap.servers": config.bootstrap_servers,
+            "group.id": unique_name("reader"),
+            "isolation.level": isolation,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    md = c.list_topics(topic, timeout=10)
+    parts = list(md.topics[topic].partitions)
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    done: set[int] = {p for p, end in ends.items() if end == 0}
+    while len(done) < len(parts) and time.monotonic() < deadline:
+        for msg in c.consume(1000, 0.2):
+            if msg.error():
+                continue
+            out.append(SERDES[schema].decode(msg.value()) if schema else (msg.key(), msg.value()))
+        for p in parts:
+            if p not in done and c.position([TopicPartition(topic, p)])[0].offset >= ends[p]:
+                done.add(p)
+    c.close()
+    return out
+
+
+def drained(config: AppConfig) -> bool:
+    """True when the group's committed offsets reached the end of every input partition."""
+    c = Consumer(
+        {
+            "bootstrap.servers": config.bootstrap_servers,
+            "group.id": config.app_id,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        tps = []
+        for topic in config.topics.inputs:
+            md = c.list_topics(topic, timeout=10)
+            tps += [TopicPartition(topic, p) for p in md.topics[topic].partitions]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+        for tp in tps:
+            _, high = c.get_watermark_offsets(tp, timeout=10)
+            if high > 0 and committed[(tp.topic, tp.partition)] < high:
+                return False
+        return True
+    finally:
+        c.close()
+
+
+def committed_state(config: AppConfig) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(kind, key): state show view}`` of everything in the committed changelog."""
+    topic = config.changelog_topic
+    md = make_admin(config).list_topics(topic, timeout=10)
+    views = {}
+    for p in md.topics[topic].partitions:
+
+        def factory() -> Consumer:
+            return Consumer(
+                {
+                    "bootstrap.servers": config.bootstrap_servers,
+                    "group.id": unique_name("restore"),
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                }
+            )
+
+        states, _ = read_changelog(factory, topic, p, SERDES["StateRecord"])
+        for (kind, key), state in states.items():
+            engine = PartitionEngine(config, p, SERDES)
+            engine.restore(kind, key, state)
+            views[(kind, key)] = key_state_view(engine, kind, key)
+    return views
+
+
+def thompson_counts(view: Mapping[str, Any], prior: float = 1.0) -> dict[str, tuple[float, float]]:
+    return {arm: (s["alpha"] - prior, s["beta"] - prior) for arm, s in view["thompson"].items()}
+
+
+def outcome_records(n: int, campaigns: int, arms: list[str], seed: int) -> list[dict[str, Any]]:
+    """Reward events with explicit success flags (exact expected counts are derivable)."""
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, campaigns, n)
+    a = rng.integers(0, len(arms), n)
+    s = rng.random(n) < 0.3
+    return [
+        {
+            "request_id": f"o-{seed}-{i}",
+            "campaign_id": f"cmp-{c[i]}",
+            "arm": arms[a[i]],
+            "event_time": 1_700_000_000_000 + i,
+            "won": True,
+            "clicks": int(s[i]),
+            "conversions": int(s[i]),
+            "spend": 0.0,
+            "revenue": 1.0 if s[i] else 0.0,
+            "reward": None,
+            "success": bool(s[i]),
+            "propensity": 0.25,
+            "policy_version": -1,
+            "budget": None,
+            "target_cpa": None,
+        }
+        for i in range(n)
+    ]
+
+
+def expected_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[int]]]:
+    out: dict[str, dict[str, list[int]]] = {}
+    for r in records:
+        cell = out.setdefault(r["campaign_id"], {}).setdefault(r["arm"], [0, 0])
+        cell[0 if r["success"] else 1] += 1
+    return out
+
+
+def request_records(
+    n: int, campaigns: int, seed: int, start_ms: int | None = None
+) -> list[dict[str, Any]]:
+    t0 = int(time.time() * 1000) if start_ms is None else start_ms
+    return [
+        {
+            "request_id": f"q-{seed}-{i}",
+            "campaign_id": f"cmp-{i % campaigns}",
+            "audience": "general",
+            "event_time": t0 + i,
+            "base_bid": 1.0,
+            "base_budget": 50.0,
+            "daily_budget": 1000.0,
+            "spent_today": 10.0,
+            "target_cpa": None,
+            "utc_offset_minutes": 0,
+            "context": {},
+        }
+        for i in range(n)
+    ]
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True, default=str)

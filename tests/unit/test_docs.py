@@ -1,0 +1,63 @@
+"""The README, the config reference and --help tell the truth."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from processor.cli import ENV, build_parser
+from processor.config import AppConfig, EnsembleConfig, KafkaConfig, LimitsConfig, TopicsConfig
+from processor.policy.bidding import BiddingConfig
+from processor.policy.safety import SafetyConstraints
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        AppConfig,
+        TopicsConfig,
+        BiddingConfig,
+        SafetyConstraints,
+        EnsembleConfig,
+        LimitsConfig,
+        KafkaConfig,
+    ],
+)
+def test_every_setting_is_in_the_readme_config_table(cls: type) -> None:
+    table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in table]
+    assert not missing, f"{cls.__name__} settings missing from README: {missing}"
+
+
+def test_every_environment_variable_is_named_in_help_and_readme() -> None:
+    parser = build_parser()
+    helps = []
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            helps.append(sub.format_help())
+            for inner in (
+                getattr(sub, "_subparsers", None)._group_actions if sub._subparsers else []
+            ):
+                helps.extend(p.format_help() for p in inner.choices.values())
+    text = " ".join(helps)
+    for var in ENV.values():
+        assert var in text, f"{var} not in --help"
+        assert var in README, f"{var} not in README"
+
+
+def test_readme_commands_exist() -> None:
+    commands = set(
+        re.findall(r"bandit-processor ((?:topics create)|(?:state show)|run|simulate)\b", README)
+    )
+    assert commands == {"topics create", "state show", "run", "simulate"}
+    parser = build_parser()
+    for cmd in commands:
+        args = cmd.split()
+        if args[0] in ("topics", "state"):
+            args += ["--key", "k"] if args[0] == "state" else []
+        parser.parse_args(args)
