@@ -70,6 +70,7 @@ class Stage:
         self._fatal = False
         self._events_since_commit = 0
         self._last_commit = time.monotonic()
+        self._last_gauges = 0.0
         self._pending_latency: list[int] = []
         self._delivery_errors: list[str] = []
         self.consumer: Consumer | None = None
@@ -132,6 +133,8 @@ class Stage:
                 self.producer.poll(0)
                 if self._commit_due():
                     self._commit()
+                if time.monotonic() - self._last_gauges >= 1.0:
+                    self._export_gauges()
             self._commit()
         except TransactionError as exc:
             logger.error("fatal: %s; exiting without committing", exc)
@@ -404,6 +407,11 @@ class Stage:
         self.pending |= parts
         self.health.ready = False
         metrics.READY.set(0)
+
+    def _export_gauges(self) -> None:
+        """Refresh the gauges that describe state and progress (about once a second)."""
+        self._last_gauges = time.monotonic()
+        self._update_key_gauges()
 
     def _update_key_gauges(self) -> None:
         campaigns = ensembles = emergency = 0

@@ -183,6 +183,49 @@ def build_parser() -> argparse.ArgumentParser:
         default=120.0,
         help="give up waiting for decisions after this many seconds (default 120)",
     )
+    replay = sub.add_parser(
+        "replay",
+        help="replay historical topics (or exported Avro files) through a candidate config and "
+        "write a backtest report",
+    )
+    _common(replay)
+    replay.add_argument(
+        "--from",
+        dest="from_time",
+        required=True,
+        help="start of the range, ISO 8601 (e.g. 2026-11-01T00:00:00Z)",
+    )
+    replay.add_argument("--to", dest="to_time", required=True, help="end of the range, ISO 8601")
+    replay.add_argument("--report", required=True, help="folder for report.json and report.html")
+    replay.add_argument(
+        "--output-topic",
+        default=None,
+        help="also produce the replayed decisions to this topic (default: none; "
+        "replay never writes to live topics unless asked)",
+    )
+    replay.add_argument(
+        "--input",
+        nargs="+",
+        default=None,
+        metavar="FILE.avro",
+        help="read exported Avro container files instead of the topics",
+    )
+    replay.add_argument(
+        "--verify-decisions",
+        action="store_true",
+        help="re-derive every logged bid decision from its policy_version and "
+        "request_id and report mismatches",
+    )
+    replay.add_argument(
+        "--seed", type=int, default=None, help="override bidding.seed of the candidate config"
+    )
+
+    export = sub.add_parser("export", help="dump topic ranges to an Avro container file")
+    _common(export, app_id=False)
+    export.add_argument("--from", dest="from_time", required=True, help="start, ISO 8601")
+    export.add_argument("--to", dest="to_time", required=True, help="end, ISO 8601")
+    export.add_argument("--topics", nargs="+", required=True, help="topics to export")
+    export.add_argument("--out", required=True, help="output file (Avro object container)")
     return parser
 
 
@@ -236,6 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from processor.commands import cmd_state_show
 
             return cmd_state_show(config, args.key, as_json=args.json)
+        if args.command == "replay":
+            from processor.replay.commands import cmd_replay
+
+            return cmd_replay(config, args)
+        if args.command == "export":
+            from processor.replay.commands import cmd_export
+
+            return cmd_export(config, args)
         if args.command == "simulate":
             from processor.simulate import cmd_simulate
 
