@@ -26,7 +26,7 @@ from processor.bandits.base import (
     ranks_within_groups,
     thompson_propensities,
 )
-from processor.bandits.exp3ix import KeyedExp3IX
+from processor.bandits.exp3ix_keyed import KeyedExp3IX
 from processor.errors import ConfigError, StateError
 
 logger = logging.getLogger(__name__)

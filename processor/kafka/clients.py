@@ -38,8 +38,16 @@ class InstanceClaim:
                 "BANDIT_LOCK_DIR", Path.home() / ".cache" / "bandit-processor" / "instances"
             )
         )
-        root.mkdir(parents=True, exist_ok=True)
         host = socket.gethostname()
+        self._handle: IO[str] | None = None
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # e.g. a read-only home in a container: one instance per host is then assumed; pass
+            # --instance-id (or BANDIT_INSTANCE_ID, e.g. the pod name) to run more.
+            logger.warning("cannot create %s (%s); using instance id %s-0", root, exc, host)
+            self.instance_id = f"{host}-0"
+            return
         for slot in range(max_slots):
             path = root / f"{app_id}-{host}-{slot}.lock"
             handle = path.open("a+")
@@ -48,7 +56,7 @@ class InstanceClaim:
             except OSError:
                 handle.close()
                 continue
-            self._handle: IO[str] | None = handle
+            self._handle = handle
             self.instance_id = f"{host}-{slot}"
             return
         msg = f"no free instance slot for app {app_id} on {host} (max {max_slots})"

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from processor.commands import key_state_view
 from processor.config import AppConfig, config_from_dict
@@ -221,7 +221,12 @@ def drained(config: AppConfig) -> bool:
         for topic in config.topics.inputs:
             md = c.list_topics(topic, timeout=10)
             tps += [TopicPartition(topic, p) for p in md.topics[topic].partitions]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+        try:
+            found = c.committed(tps, timeout=10)
+        except KafkaException:
+            # Offsets of a dead instance's open transaction stay unstable until it times out.
+            return False
+        committed = {(tp.topic, tp.partition): tp.offset for tp in found}
         for tp in tps:
             _, high = c.get_watermark_offsets(tp, timeout=10)
             if high > 0 and committed[(tp.topic, tp.partition)] < high:
