@@ -198,11 +198,10 @@ class Stage:
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
 
     # ---- restore ----------------------------------------------------------------------------
-    def _restore_consumer(self) -> Consumer:
-        return make_consumer(
-            self.config,
-            **{"group.id": f"{self.config.app_id}-restore", "isolation.level": "read_committed"},
-        )
+    def _restore_consumer(self, **extra: Any) -> Consumer:
+        settings = {"group.id": f"{self.config.app_id}-restore", "isolation.level": "read_committed"}
+        settings.update(extra)
+        return make_consumer(self.config, **settings)
 
     def _restore_pending(self) -> None:
         assert self.consumer is not None

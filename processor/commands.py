@@ -104,8 +104,8 @@ def cmd_state_show(config: AppConfig, key: str, *, as_json: bool) -> int:
         return 2
     serdes = SerdeRegistry()
 
-    def factory() -> Consumer:
-        return make_consumer(config, **{"group.id": f"{config.app_id}-state-show"})
+    def factory(**extra: Any) -> Consumer:
+        return make_consumer(config, **{"group.id": f"{config.app_id}-state-show", **extra})
 
     views = []
     for p in range(count):

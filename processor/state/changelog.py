@@ -69,7 +69,7 @@ class RestoreStats:
 
 
 def read_changelog(
-    consumer_factory: Callable[[], Consumer],
+    consumer_factory: Callable[..., Consumer],
     topic: str,
     partition: int,
     serde: AvroSerde,
@@ -77,15 +77,31 @@ def read_changelog(
 ) -> tuple[dict[tuple[str, str], dict[str, Any]], int]:
     """Read committed changelog partition ``partition`` to its end.
 
+    Args:
+        consumer_factory: Makes a read_committed consumer; called with
+            ``**{"isolation.level": "read_uncommitted"}`` it must make one that is not.
+
     Returns:
         ``({(kind, key): state}, records read)``; the last record per key wins and tombstones
-        delete. Reading stops at the high watermark observed at the start (read_committed), judged
-        by ``position() >= end`` because transaction markers leave offset gaps.
+        delete.
+
+    The end is the *high watermark* when the restore starts, read with ``read_uncommitted``, and
+    the records are read ``read_committed`` until ``position() >= end`` (transaction markers leave
+    offset gaps). A read_committed watermark would be the last stable offset instead, and right
+    after the previous owner's ``commit_transaction()`` returns its commit markers may not be
+    written yet: the LSO still stands before its records, and a restore that stopped there would
+    miss that owner's last committed state while the group's committed offsets already include
+    it. Waiting for the high watermark also waits for a dead owner's open transaction to be
+    aborted (at most ``transaction.timeout.ms``).
     """
-    consumer = consumer_factory()
     tp = TopicPartition(topic, partition)
+    probe = consumer_factory(**{"isolation.level": "read_uncommitted"})
     try:
-        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        low, high = probe.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+    finally:
+        probe.close()
+    consumer = consumer_factory()
+    try:
         states: dict[tuple[str, str], dict[str, Any]] = {}
         if high <= low:
             return states, 0
@@ -113,15 +129,25 @@ def read_changelog(
                 where = f"{topic}[{partition}]"
                 msg_ = f"changelog {where} restore did not reach offset {high} in {timeout_s}s"
                 raise StateError(msg_)
-        for ident, value in raw.items():
-            if value is None:
-                continue
-            try:
-                record = serde.decode(value)
-                states[ident] = json.loads(record["state_json"])
-            except (ValueError, KeyError) as exc:
-                msg_ = f"corrupt changelog record for {ident}: {exc}"
-                raise StateError(msg_) from exc
+        live = [(ident, value) for ident, value in raw.items() if value is not None]
+        decoded = decode_columns(serde, [value for _, value in live])
+        if decoded is None:
+            for ident, value in live:
+                states[ident] = _load_state(ident, serde.decode, value)
+            return states, records
+        columns, failures = decoded
+        loads = json.loads
+        texts = columns.data["state_json"].tolist()
+        try:
+            if failures:
+                raise ValueError(failures[0][1])
+            for (ident, _), text in zip(live, texts, strict=True):
+                states[ident] = loads(text)
+        except ValueError:
+            # one record at a time, for the same error (and message) as before
+            for ident, value in live:
+                states[ident] = _load_state(ident, serde.decode, value)
+            raise
         return states, records
     finally:
         consumer.close()

@@ -243,13 +243,14 @@ def committed_state(config: AppConfig) -> dict[tuple[str, str], dict[str, Any]]:
     views = {}
     for p in md.topics[topic].partitions:
 
-        def factory() -> Consumer:
+        def factory(**extra: Any) -> Consumer:
             return Consumer(
                 {
                     "bootstrap.servers": config.bootstrap_servers,
                     "group.id": unique_name("restore"),
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
+                    **extra,
                 }
             )
 

@@ -1,0 +1,112 @@
+"""Changelog restore sees everything committed, even right after the commit returns."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer
+
+from processor.kafka.serde import AvroSerde
+from processor.state.changelog import encode_state_records, read_changelog
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import ProducerFactory, TopicFactory
+
+
+def _factory(bootstrap: str) -> Any:
+    def factory(**extra: Any) -> Consumer:
+        return Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "restore-test",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                **extra,
+            }
+        )
+
+    return factory
+
+
+def test_restore_waits_for_transactions_still_open_below_committed_state(
+    bootstrap: str, topic_factory: TopicFactory, producer_factory: ProducerFactory
+) -> None:
+    """The last stable offset can stand below committed records (an open transaction in front of
+    them, or commit markers not written yet right after ``commit_transaction`` returns). A restore
+    that stops at the LSO misses the committed state; it must read to the high watermark."""
+    topic = topic_factory(partitions=1)
+    serde = AvroSerde("StateRecord")
+    slow = producer_factory(transactional=True)
+    fast = producer_factory(transactional=True)
+    slow.begin_transaction()
+    for key, value in encode_state_records(serde, [("campaign", "slow", {"v": 1})]):
+        slow.produce(topic, value, key, partition=0)
+    slow.flush(30)
+    fast.begin_transaction()
+    for key, value in encode_state_records(serde, [("campaign", "fast", {"v": 2})]):
+        fast.produce(topic, value, key, partition=0)
+    fast.commit_transaction(30)
+    result: dict[str, Any] = {}
+    reader = threading.Thread(
+        target=lambda: result.update(out=read_changelog(_factory(bootstrap), topic, 0, serde, 30))
+    )
+    reader.start()
+    time.sleep(1.0)
+    assert reader.is_alive(), "restore returned while a transaction below committed state was open"
+    slow.commit_transaction(30)
+    reader.join(30)
+    states, records = result["out"]
+    assert states == {("campaign", "slow"): {"v": 1}, ("campaign", "fast"): {"v": 2}}
+    assert records == 2
+
+
+def test_restore_right_after_commit_sees_the_committed_records(
+    bootstrap: str, topic_factory: TopicFactory, producer_factory: ProducerFactory
+) -> None:
+    topic = topic_factory(partitions=1, config={"cleanup.policy": "compact"})
+    serde = AvroSerde("StateRecord")
+    producer = producer_factory(transactional=True)
+    for round_ in range(5):
+        producer.begin_transaction()
+        items = [("campaign", f"c{i}", {"round": round_, "i": i}) for i in range(5)]
+        for key, value in encode_state_records(serde, items):
+            producer.produce(topic, value, key, partition=0)
+        producer.commit_transaction(30)
+        states, records = read_changelog(_factory(bootstrap), topic, 0, serde, timeout_s=30)
+        assert records == 5 * (round_ + 1)
+        assert states == {("campaign", f"c{i}"): {"round": round_, "i": i} for i in range(5)}
+
+
+def test_restore_skips_aborted_records_and_an_empty_partition(
+    bootstrap: str, topic_factory: TopicFactory, producer_factory: ProducerFactory
+) -> None:
+    topic = topic_factory(partitions=1)
+    serde = AvroSerde("StateRecord")
+
+    def factory(**extra: Any) -> Consumer:
+        return Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "restore-test",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                **extra,
+            }
+        )
+
+    assert read_changelog(factory, topic, 0, serde, timeout_s=30) == ({}, 0)
+    producer = producer_factory(transactional=True)
+    producer.begin_transaction()
+    for key, value in encode_state_records(serde, [("campaign", "kept", {"v": 1})]):
+        producer.produce(topic, value, key, partition=0)
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    for key, value in encode_state_records(
+        serde, [("campaign", "kept", {"v": 2}), ("ensemble", "gone", {"v": 3})]
+    ):
+        producer.produce(topic, value, key, partition=0)
+    producer.abort_transaction(30)
+    states, _ = read_changelog(factory, topic, 0, serde, timeout_s=30)
+    assert states == {("campaign", "kept"): {"v": 1}}
