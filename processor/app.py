@@ -199,8 +199,11 @@ class Stage:
 
     # ---- restore ----------------------------------------------------------------------------
     def _restore_consumer(self, **extra: Any) -> Consumer:
-        settings = {"group.id": f"{self.config.app_id}-restore", "isolation.level": "read_committed"}
-        settings.update(extra)
+        settings = {
+            "group.id": f"{self.config.app_id}-restore",
+            "isolation.level": "read_committed",
+            **extra,
+        }
         return make_consumer(self.config, **settings)
 
     def _restore_pending(self) -> None:

@@ -110,7 +110,7 @@ def read_changelog(
         records = 0
         raw: dict[tuple[str, str], bytes | None] = {}
         while True:
-            msgs = consumer.consume(num_messages=10000, timeout=0.5)
+            msgs = consumer.consume(num_messages=10000, timeout=0.1)
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
@@ -129,25 +129,15 @@ def read_changelog(
                 where = f"{topic}[{partition}]"
                 msg_ = f"changelog {where} restore did not reach offset {high} in {timeout_s}s"
                 raise StateError(msg_)
-        live = [(ident, value) for ident, value in raw.items() if value is not None]
-        decoded = decode_columns(serde, [value for _, value in live])
-        if decoded is None:
-            for ident, value in live:
-                states[ident] = _load_state(ident, serde.decode, value)
-            return states, records
-        columns, failures = decoded
-        loads = json.loads
-        texts = columns.data["state_json"].tolist()
-        try:
-            if failures:
-                raise ValueError(failures[0][1])
-            for (ident, _), text in zip(live, texts, strict=True):
-                states[ident] = loads(text)
-        except ValueError:
-            # one record at a time, for the same error (and message) as before
-            for ident, value in live:
-                states[ident] = _load_state(ident, serde.decode, value)
-            raise
+        for ident, value in raw.items():
+            if value is None:
+                continue
+            try:
+                record = serde.decode(value)
+                states[ident] = json.loads(record["state_json"])
+            except (ValueError, KeyError) as exc:
+                msg_ = f"corrupt changelog record for {ident}: {exc}"
+                raise StateError(msg_) from exc
         return states, records
     finally:
         consumer.close()

@@ -189,7 +189,16 @@ def read_all(
     )
     md = c.list_topics(topic, timeout=10)
     parts = list(md.topics[topic].partitions)
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    # End = high watermark (a read_committed watermark is the LSO, which can lag the commit).
+    probe = Consumer(
+        {
+            "bootstrap.servers": config.bootstrap_servers,
+            "group.id": unique_name("probe"),
+            "isolation.level": "read_uncommitted",
+        }
+    )
+    ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    probe.close()
     c.assign([TopicPartition(topic, p, 0) for p in parts])
     out: list[Any] = []
     deadline = time.monotonic() + timeout
