@@ -414,8 +414,21 @@ class Stage:
         """Refresh the gauges that describe state and progress (about once a second)."""
         self._last_gauges = time.monotonic()
         self._update_key_gauges()
+        self._export_lag()
+        metrics.GAUGES.export_selection_ratio()
+        metrics.GAUGES.export_arms(self.engines.values())
+
+    def _export_lag(self) -> None:
+        if self.consumer is None:
+            return
+        try:
+            metrics.GAUGES.export_lag(self.consumer, self._inputs, self.assigned - self.pending)
+        except KafkaException as exc:
+            # Lag is informational: a failed read (e.g. mid-rebalance) must not stop the loop.
+            logger.debug("consumer lag not exported: %s", exc)
 
     def _update_key_gauges(self) -> None:
+        metrics.RESTORING_PARTITIONS.set(len(self.pending))
         campaigns = ensembles = emergency = 0
         for engine in self.engines.values():
             c, e = engine.key_count()

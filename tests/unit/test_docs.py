@@ -51,13 +51,24 @@ def test_every_environment_variable_is_named_in_help_and_readme() -> None:
 
 
 def test_readme_commands_exist() -> None:
-    commands = set(
-        re.findall(r"bandit-processor ((?:topics create)|(?:state show)|run|simulate)\b", README)
-    )
-    assert commands == {"topics create", "state show", "run", "simulate"}
+    pattern = r"bandit-processor ((?:topics create)|(?:state show)|run|simulate|replay|export)\b"
+    commands = set(re.findall(pattern, README))
+    assert commands == {"topics create", "state show", "run", "simulate", "replay", "export"}
     parser = build_parser()
+    required = {
+        "state": ["--key", "k"],
+        "replay": ["--from", "a", "--to", "b", "--report", "r"],
+        "export": ["--from", "a", "--to", "b", "--topics", "t", "--out", "o"],
+    }
     for cmd in commands:
         args = cmd.split()
-        if args[0] in ("topics", "state"):
-            args += ["--key", "k"] if args[0] == "state" else []
-        parser.parse_args(args)
+        parser.parse_args(args + required.get(args[0], []))
+
+
+def test_every_exported_metric_is_in_the_readme() -> None:
+    from processor.metrics import REGISTRY
+
+    names = {metric.name for metric in REGISTRY.collect()}
+    section = README.split("## Operations", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(n for n in names if n not in section)
+    assert not missing, f"metrics missing from README: {missing}"
