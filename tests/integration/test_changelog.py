@@ -85,16 +85,7 @@ def test_restore_skips_aborted_records_and_an_empty_partition(
     topic = topic_factory(partitions=1)
     serde = AvroSerde("StateRecord")
 
-    def factory(**extra: Any) -> Consumer:
-        return Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "restore-test",
-                "isolation.level": "read_committed",
-                "enable.auto.commit": False,
-                **extra,
-            }
-        )
+    factory = _factory(bootstrap)
 
     assert read_changelog(factory, topic, 0, serde, timeout_s=30) == ({}, 0)
     producer = producer_factory(transactional=True)
