@@ -16,6 +16,7 @@ can be counted twice and a request answered twice; decisions are visible sooner.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -212,15 +213,22 @@ class Stage:
         for p in sorted(self.pending):
             started = time.monotonic()
             engine = PartitionEngine(self.config, p, self.serdes)
-            states, records = read_changelog(
-                self._restore_consumer,
-                self.config.changelog_topic,
-                p,
-                serde,
-                timeout_s=max(60.0, self.config.operation_timeout_s),
-            )
-            for (kind, key), state in states.items():
-                engine.restore(kind, key, state)
+            # A restore allocates a dict per key and nothing cyclic; without this the collector
+            # re-walks the growing heap again and again (JSON decoding measured ~1.6x slower).
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                states, records = read_changelog(
+                    self._restore_consumer,
+                    self.config.changelog_topic,
+                    p,
+                    serde,
+                    timeout_s=max(60.0, self.config.operation_timeout_s),
+                )
+                engine.restore_many(states)
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
             self.engines[p] = engine
             elapsed = time.monotonic() - started
             metrics.RESTORE_SECONDS.observe(elapsed)
@@ -244,6 +252,10 @@ class Stage:
         started = time.monotonic()
         by_partition: dict[int, dict[str, SourceBatch]] = defaultdict(dict)
         rewound: set[tuple[str, int]] = set()
+        # Group by topic-partition first and read keys / values / offsets with one list
+        # comprehension per group: ~2x cheaper per message than appending one at a time.
+        groups: dict[tuple[str, int], list[Any]] = {}
+        engines = self.engines
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -254,20 +266,25 @@ class Stage:
                     raise TransactionError(msg)
                 logger.warning("consumer error: %s", err.str())
                 continue
-            topic, p = msg.topic(), msg.partition()
-            if p not in self.engines:
-                # Fetched before the pause took effect: rewind to the first such message so
-                # nothing is skipped once the partition is restored and resumed.
-                if (topic, p) not in rewound:
-                    rewound.add((topic, p))
-                    assert self.consumer is not None
-                    self.consumer.seek(TopicPartition(topic, p, msg.offset()))
-                continue
-            batches = by_partition[p]
-            source = batches.get(topic)
-            if source is None:
-                source = batches[topic] = SourceBatch(topic, p)
-            source.append(msg.key(), msg.value(), msg.offset())
+            tp = (msg.topic(), msg.partition())
+            group = groups.get(tp)
+            if group is None:
+                if tp[1] not in engines:
+                    # Fetched before the pause took effect: rewind to the first such message so
+                    # nothing is skipped once the partition is restored and resumed.
+                    if tp not in rewound:
+                        rewound.add(tp)
+                        assert self.consumer is not None
+                        self.consumer.seek(TopicPartition(tp[0], tp[1], msg.offset()))
+                    continue
+                group = groups[tp] = []
+            group.append(msg)
+        for (topic, p), group in groups.items():
+            source = SourceBatch(topic, p)
+            source.keys = [m.key() for m in group]
+            source.values = [m.value() for m in group]
+            source.offsets = [m.offset() for m in group]
+            by_partition[p][topic] = source
         if not by_partition:
             return
         if self.txn is not None:

@@ -211,7 +211,7 @@ class AppConfig:
     commit_interval_ms: int = 100
     commit_every_events: int = 20000
     max_batch_events: int = 5000
-    poll_timeout_ms: int = 50
+    poll_timeout_ms: int = 5
     transaction_timeout_ms: int = 10000
     operation_timeout_s: float = 30.0
     retry_budget_s: float = 60.0

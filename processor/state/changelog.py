@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from processor import __version__
 from processor.errors import StateError
+from processor.kafka.columnar import decode_columns
 from processor.kafka.serde import AvroSerde
 
 logger = logging.getLogger(__name__)
@@ -46,16 +47,70 @@ def encode_state_records(
     """``(key, value)`` pairs of StateRecords for ``(kind, key, state)`` items."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     out = []
+    dumps = json.dumps
+    if serde.wire_format != "schemaless" or serde.name != "StateRecord":
+        for kind, key, state in items:
+            record = {
+                "key": key,
+                "kind": kind,
+                "state_json": dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False),
+                "processor_version": __version__,
+                "written_at": now,
+            }
+            out.append((changelog_key(kind, key), serde.encode(record)))
+        return out
+    # Schemaless StateRecord written directly: field order key, kind (enum index), state_json,
+    # processor_version, written_at. Several times cheaper than fastavro's generic writer on a
+    # commit with a thousand dirty keys; a unit test checks the bytes equal fastavro's.
+    tail = _avro_string(__version__) + _avro_long(now)
     for kind, key, state in items:
-        record = {
-            "key": key,
-            "kind": kind,
-            "state_json": json.dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False),
-            "processor_version": __version__,
-            "written_at": now,
-        }
-        out.append((changelog_key(kind, key), serde.encode(record)))
+        text = dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        kind_bytes = _KIND_BYTES.get(kind)
+        try:
+            if kind_bytes is None:
+                raise ValueError(kind)
+            value = b"".join((_avro_string(key), kind_bytes, _avro_string(text), tail))
+        except ValueError:
+            # unknown kind or unencodable text: the generic writer raises its usual error
+            record = {
+                "key": key,
+                "kind": kind,
+                "state_json": text,
+                "processor_version": __version__,
+                "written_at": now,
+            }
+            value = serde.encode(record)
+        out.append((changelog_key(kind, key), value))
     return out
+
+
+def _avro_long(n: int) -> bytes:
+    """Avro zig-zag varint of a long."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def _avro_string(text: str) -> bytes:
+    data = text.encode()
+    return _avro_long(len(data)) + data
+
+
+_KIND_BYTES = {kind: _avro_long(i) for i, kind in enumerate(KINDS)}
+
+
+def _load_state(
+    ident: tuple[str, str], decode: Callable[[bytes], dict[str, Any]], value: bytes
+) -> Any:
+    try:
+        return json.loads(decode(value)["state_json"])
+    except (ValueError, KeyError) as exc:
+        msg = f"corrupt changelog record for {ident}: {exc}"
+        raise StateError(msg) from exc
 
 
 @dataclass(frozen=True)
@@ -129,15 +184,25 @@ def read_changelog(
                 where = f"{topic}[{partition}]"
                 msg_ = f"changelog {where} restore did not reach offset {high} in {timeout_s}s"
                 raise StateError(msg_)
-        for ident, value in raw.items():
-            if value is None:
-                continue
-            try:
-                record = serde.decode(value)
-                states[ident] = json.loads(record["state_json"])
-            except (ValueError, KeyError) as exc:
-                msg_ = f"corrupt changelog record for {ident}: {exc}"
-                raise StateError(msg_) from exc
+        live = [(ident, value) for ident, value in raw.items() if value is not None]
+        decoded = decode_columns(serde, [value for _, value in live])
+        if decoded is None:
+            for ident, value in live:
+                states[ident] = _load_state(ident, serde.decode, value)
+            return states, records
+        columns, failures = decoded
+        loads = json.loads
+        texts = columns.data["state_json"].tolist()
+        try:
+            if failures:
+                raise ValueError(failures[0][1])
+            for (ident, _), text in zip(live, texts, strict=True):
+                states[ident] = loads(text)
+        except ValueError:
+            # one record at a time, for the same error (and message) as before
+            for ident, value in live:
+                states[ident] = _load_state(ident, serde.decode, value)
+            raise
         return states, records
     finally:
         consumer.close()

@@ -1,0 +1,240 @@
+"""Shared harness pieces of ``make bench``: configs, pre-filling topics, timing a drain.
+
+Every contender (passthrough, the stage, the original design, the Quix peer) runs in its own
+subprocess and commits its consumer group's offsets. Throughput is always measured the same way
+from the outside: a watcher polls the group's committed offsets every 50 ms; the clock starts at the
+first commit seen and stops when the committed offsets reach the end of every input partition;
+events/s = (events committed after the first commit) / (elapsed). No contender reports its own
+speed, so none can be timed more kindly than another.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from processor.config import AppConfig, config_from_dict
+from processor.kafka.clients import make_admin
+from processor.kafka.topics import create_topics
+from processor.testing import unique_name
+
+PARTITIONS = 6
+TOPIC_ROLES = (
+    "bid_requests",
+    "bid_outcomes",
+    "trade_outcomes",
+    "control",
+    "bid_decisions",
+    "ensemble_weights",
+    "dead_letters",
+)
+
+
+def stage_config(
+    bootstrap: str, workdir: Path, inputs: dict[str, str], **overrides: Any
+) -> tuple[AppConfig, Path]:
+    """A stage config whose inputs are the given (pre-filled or empty) topics; outputs are new.
+
+    Args:
+        bootstrap: Broker address.
+        workdir: Where the YAML file goes.
+        inputs: Role (``bid_outcomes`` ...) → existing topic name; other roles get fresh names.
+        overrides: Top-level config settings (``processing_guarantee`` ...).
+    """
+    app_id = unique_name("bench")
+    topics = {role: inputs.get(role, f"{app_id}-{role.replace('_', '-')}") for role in TOPIC_ROLES}
+    data: dict[str, Any] = {
+        "app_id": app_id,
+        "bootstrap_servers": bootstrap,
+        "commit_interval_ms": 100,
+        "metrics_port": None,
+        "topics": topics,
+    }
+    data.update(overrides)
+    path = workdir / f"{app_id}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = config_from_dict(data)
+    create_topics(make_admin(config), config, PARTITIONS, replication_factor=1)
+    return config, path
+
+
+def fast_producer(bootstrap: str) -> Producer:
+    """Producer for pre-filling inputs (idempotent, large batches; same partitioner as Java)."""
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 2000000,
+            "queue.buffering.max.kbytes": 2097152,
+            "compression.type": "lz4",
+            "partitioner": "murmur2_random",
+        }
+    )
+
+
+def prefill(bootstrap: str, topic: str, pairs: Sequence[tuple[bytes, bytes]]) -> float:
+    """Produce pre-encoded ``(key, value)`` pairs; returns seconds taken."""
+    producer = fast_producer(bootstrap)
+    started = time.monotonic()
+    batch = getattr(producer, "produce_batch", None)
+    step = 10_000
+    for first in range(0, len(pairs), step):
+        chunk = pairs[first : first + step]
+        if batch is not None:
+            msgs = [{"key": k, "value": v} for k, v in chunk]
+            while msgs:
+                try:
+                    done = batch(topic, msgs)
+                except BufferError:
+                    done = 0
+                # produce_batch queues a prefix and reports how many; retry the rest.
+                msgs = msgs[done:]
+                if msgs:
+                    producer.poll(0.05)
+        else:
+            for k, v in chunk:
+                while True:
+                    try:
+                        producer.produce(topic, v, k)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(120)
+    if remaining:
+        msg = f"{remaining} messages to {topic} not delivered"
+        raise RuntimeError(msg)
+    return time.monotonic() - started
+
+
+def end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """High watermark of every partition of ``topics``."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("ends")})
+    try:
+        out = {}
+        for topic in topics:
+            md = c.list_topics(topic, timeout=10)
+            for p in md.topics[topic].partitions:
+                out[(topic, p)] = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        return out
+    finally:
+        c.close()
+
+
+@dataclass
+class DrainResult:
+    """Outcome of watching one contender drain its input."""
+
+    events: int
+    seconds: float
+    timed_out: bool
+
+    @property
+    def rate(self) -> float:
+        """Events per second (0 when nothing was measured)."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def watch_drain(
+    bootstrap: str,
+    group: str,
+    ends: dict[tuple[str, int], int],
+    proc: subprocess.Popen[bytes] | None,
+    timeout_s: float,
+    interval_s: float = 0.05,
+) -> DrainResult:
+    """Time the group from its first offset commit to committed == end on every partition."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    tps = [TopicPartition(t, p) for (t, p) in ends if ends[(t, p)] > 0]
+    total = sum(ends.values())
+    deadline = time.monotonic() + timeout_s
+    t0: float | None = None
+    base = 0
+    try:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                msg = f"contender exited early with code {proc.returncode}"
+                raise RuntimeError(msg)
+            committed = c.committed(tps, timeout=10)
+            now = time.monotonic()
+            done = sum(max(0, tp.offset) for tp in committed)
+            if t0 is None and done > 0:
+                t0, base = now, done
+            if t0 is not None and done >= total:
+                return DrainResult(total - base, now - t0, False)
+            time.sleep(interval_s)
+        done_events = 0 if t0 is None else done - base
+        return DrainResult(done_events, time.monotonic() - (t0 or deadline), True)
+    finally:
+        c.close()
+
+
+def spawn(
+    args: Sequence[str], log_path: Path, python: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m <args>`` with output to ``log_path``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [python or sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
+    """SIGTERM, wait, SIGKILL if it hangs; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+    return int(proc.returncode)
+
+
+def machine() -> dict[str, Any]:
+    """Description of this machine and the client libraries."""
+    import confluent_kafka
+    import fastavro
+    import numpy
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = 0.0
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        mem_gb = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "confluent_kafka": str(
+            getattr(confluent_kafka, "__version__", confluent_kafka.version()[0])
+        ),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "fastavro": fastavro.__version__,
+        "numpy": numpy.__version__,
+    }

@@ -1,0 +1,136 @@
+"""Decision latency at a fixed request rate: event time → decision visible to a reader.
+
+The harness produces bid requests at a steady rate with ``event_time`` = the wall clock at send
+time, and a ``read_committed`` consumer in the same process reads the stage's decisions; latency is
+(wall clock when the decision is read) − (its ``event_time``). The first seconds (group join,
+first fetches) are a warm-up and are not counted.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from processor.kafka.serde import SerdeRegistry, parsed_schema
+from processor.policy.simulator import MarketSimulator
+from processor.testing import free_port, unique_name, wait_for
+from tests.perf.kit import PARTITIONS, spawn, stage_config, stop
+
+WARMUP_S = 3.0
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def run_latency(
+    bootstrap: str,
+    workdir: Path,
+    guarantee: str,
+    rate: float,
+    seconds: float,
+    campaigns: int = 1000,
+    python: str | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run the stage under ``rate`` requests/s for ``seconds``; return latency percentiles (ms).
+
+    ``overrides`` are extra stage settings (e.g. ``poll_timeout_ms``), reported with the figures.
+    """
+    config, path = stage_config(bootstrap, workdir, {}, processing_guarantee=guarantee, **overrides)
+    port = free_port()
+    proc = spawn(
+        [
+            "processor",
+            "run",
+            "--config",
+            str(path),
+            "--instance-id",
+            "lat",
+            "--metrics-port",
+            str(port),
+        ],
+        workdir / f"{config.app_id}.log",
+        python,
+    )
+    serde = SerdeRegistry()["BidRequest"]
+    decision_schema = parsed_schema("BidDecision")
+    sim = MarketSimulator(11, n_campaigns=campaigns)
+    total = int(rate * seconds)
+    pool = sim.bid_requests(total, 0, rate)
+    # the load generator's own batching delay is upstream of the stage: keep it at 1 ms
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 1}
+    )
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique_name("latency"),
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,
+            "fetch.min.bytes": 1,
+        }
+    )
+    try:
+        wait_for(lambda: _ready(port), timeout=120, description="stage ready")
+        reader.assign(
+            [TopicPartition(config.topics.bid_decisions, p, 0) for p in range(PARTITIONS)]
+        )
+        lat: list[float] = []
+        warm: list[float] = []
+        sent = 0
+        started = time.monotonic()
+        chunk = max(1, int(rate / 500))
+        while True:
+            now = time.monotonic()
+            due = min(total, int((now - started) * rate) + chunk)
+            while sent < due:
+                rec = pool[sent]
+                rec["event_time"] = int(time.time() * 1000)
+                producer.produce(
+                    config.topics.bid_requests, serde.encode(rec), rec["campaign_id"].encode()
+                )
+                sent += 1
+            producer.poll(0)
+            for msg in reader.consume(2000, 0.001):
+                if msg.error() is not None or msg.value() is None:
+                    continue
+                d = fastavro.schemaless_reader(io.BytesIO(msg.value()), decision_schema, None)
+                ms = time.time() * 1000 - d["event_time"]  # type: ignore[call-overload,index]
+                (warm if time.monotonic() - started < WARMUP_S else lat).append(ms)
+            received = len(lat) + len(warm)
+            if sent >= total and received >= total:
+                break
+            if now - started > seconds + 60:
+                break
+        achieved = sent / max(1e-9, time.monotonic() - started)
+    finally:
+        reader.close()
+        producer.flush(30)
+        code = stop(proc)
+    arr = np.asarray(lat) if lat else np.zeros(1)
+    return {
+        "guarantee": guarantee,
+        "settings": dict(overrides),
+        "target_rate": rate,
+        "achieved_send_rate": round(achieved, 1),
+        "requests": total,
+        "decisions_seen": len(lat) + len(warm),
+        "measured": len(lat),
+        "p50_ms": round(float(np.percentile(arr, 50)), 2),
+        "p99_ms": round(float(np.percentile(arr, 99)), 2),
+        "max_ms": round(float(arr.max()), 2),
+        "stage_exit": code,
+    }

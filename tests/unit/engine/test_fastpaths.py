@@ -1,0 +1,222 @@
+"""The engine's columnar fast paths give the same outputs and state as the per-record paths."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from processor import __version__
+from processor.config import AppConfig
+from processor.engine import PartitionEngine, SourceBatch
+from processor.engine import core as engine_core
+from processor.kafka.serde import SerdeRegistry
+from processor.policy.simulator import MarketSimulator
+from processor.state.changelog import encode_state_records
+
+SERDES = SerdeRegistry()
+CFG = AppConfig()
+
+
+def _outcomes(n: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
+    rng = np.random.default_rng(seed)
+    sim = MarketSimulator(seed, n_campaigns=30)
+    reqs = sim.bid_requests(n, 1_700_000_000_000, 100.0)
+    arms = list(CFG.bidding.arms)
+    decisions = [
+        {
+            "arm": arms[int(rng.integers(0, len(arms)))],
+            "bid_amount": r["base_bid"],
+            "budget": r["base_budget"],
+            "mode": "explore",
+            "propensity": 0.25,
+            "policy_version": -1,
+        }
+        for r in reqs
+    ]
+    out: list[tuple[bytes | None, bytes | None]] = []
+    serde = SERDES["BidOutcome"]
+    for i, rec in enumerate(o for o in sim.outcomes_for(decisions, reqs) if o is not None):
+        key: bytes | None = rec["campaign_id"].encode()
+        if i % 50 == 3:
+            rec["spend"] = float("nan")
+        if i % 70 == 5:
+            rec["arm"] = "no-such-arm"
+        if i % 90 == 7:
+            key = b"other"
+        if i % 110 == 9:
+            rec["request_id"] = "x" * 300
+        if i % 130 == 11:
+            rec["propensity"] = 0.0
+        if i % 40 == 1:
+            key = None
+        value: bytes | None = serde.encode(rec)
+        if i % 150 == 13:
+            value = b"\x02garbage"
+        if i % 170 == 15:
+            value = None
+        out.append((key, value))
+    return out
+
+
+def _requests(n: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
+    sim = MarketSimulator(seed, n_campaigns=30)
+    serde = SERDES["BidRequest"]
+    out: list[tuple[bytes | None, bytes | None]] = []
+    for i, rec in enumerate(sim.bid_requests(n, 1_700_000_000_000, 100.0)):
+        if i % 60 == 2:
+            rec["base_bid"] = float("inf")
+        if i % 80 == 4:
+            rec["context"] = {str(j): "v" for j in range(100)}
+        if i % 45 == 6:
+            rec["campaign_id"] = ""
+        value: bytes | None = serde.encode(rec)
+        if i % 120 == 8:
+            value = value[:5] if value else value
+        out.append((rec["campaign_id"].encode(), value))
+    return out
+
+
+def _batch(topic: str, pairs: list[tuple[bytes | None, bytes | None]], first: int) -> SourceBatch:
+    sb = SourceBatch(topic, 0)
+    for j, (k, v) in enumerate(pairs):
+        sb.append(k, v, first + j)
+    return sb
+
+
+def _run(slow: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
+    if slow:
+        monkeypatch.setattr(engine_core, "decode_columns", lambda *a, **k: None)
+        monkeypatch.setattr(engine_core, "encode_columns", lambda *a: None)
+    engine = PartitionEngine(CFG, 0, SERDES)
+    t = CFG.topics
+    outs = []
+    for step in range(3):
+        batches = {
+            t.bid_outcomes: _batch(t.bid_outcomes, _outcomes(700, step), step * 1000),
+            t.bid_requests: _batch(t.bid_requests, _requests(500, step), step * 1000),
+        }
+        outs.append(engine.process(batches, now_ms=1_700_000_100_000 + step))
+    dirty = engine.take_dirty()
+    monkeypatch.undo()
+    return outs, dirty
+
+
+def test_columnar_engine_equals_record_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast_outs, fast_dirty = _run(False, monkeypatch)
+    slow_outs, slow_dirty = _run(True, monkeypatch)
+    assert fast_dirty == slow_dirty
+    total_dead = 0
+    for a, b in zip(fast_outs, slow_outs, strict=True):
+        assert a.decisions == b.decisions
+        assert a.dead_letters == b.dead_letters
+        assert a.decision_event_ms == b.decision_event_ms
+        assert (a.rewards_applied, a.modes, a.arms_chosen, a.guardrails) == (
+            b.rewards_applied,
+            b.modes,
+            b.arms_chosen,
+            b.guardrails,
+        )
+        total_dead += len(a.dead_letters)
+    classes = {d.error_class for o in fast_outs for d in o.dead_letters}
+    assert {"decode", "value", "oversize", "key_mismatch", "unknown_arm", "propensity"} <= classes
+    assert total_dead > 50
+
+
+def test_batched_campaign_states_equal_per_key_states() -> None:
+    engine = PartitionEngine(CFG, 0, SERDES)
+    t = CFG.topics
+    engine.process({t.bid_outcomes: _batch(t.bid_outcomes, _outcomes(800, 1), 0)})
+    keys = sorted(engine.dirty_campaigns)
+    engine.campaigns.thompson.remove_arm("aggressive", keys[1])
+    engine.campaigns.set_emergency(keys[2], True)
+    batched = engine._campaign_states(keys)
+    assert batched == [("campaign", k, engine.campaigns.get_key_state(k)) for k in keys]
+    assert json.dumps(batched) == json.dumps(
+        [("campaign", k, engine.campaigns.get_key_state(k)) for k in keys]
+    )
+
+
+def test_restore_many_equals_key_by_key_restore() -> None:
+    source = PartitionEngine(CFG, 0, SERDES)
+    t = CFG.topics
+    source.process({t.bid_outcomes: _batch(t.bid_outcomes, _outcomes(800, 2), 0)})
+    keys = sorted(source.dirty_campaigns)
+    source.campaigns.thompson.remove_arm("balanced", keys[0])
+    states = {("campaign", k): json.loads(json.dumps(s)) for _, k, s in source.take_dirty()}
+    odd = json.loads(json.dumps(states[("campaign", keys[3])]))
+    odd["thompson"]["arm_names"] = [*odd["thompson"]["arm_names"], "brand-new"]
+    odd["thompson"]["successes"].append(4.0)
+    odd["thompson"]["failures"].append(2.0)
+    states[("campaign", "odd")] = odd
+    states[("campaign", "late")] = states[("campaign", keys[4])]
+    one, many = PartitionEngine(CFG, 0, SERDES), PartitionEngine(CFG, 0, SERDES)
+    many.campaigns.row(keys[5])  # an existing row is overwritten, not duplicated
+    one.campaigns.row(keys[5])
+    for (kind, key), state in states.items():
+        one.restore(kind, key, state)
+    many.restore_many(states)
+    assert one.campaigns.thompson.keys == many.campaigns.thompson.keys
+    assert one.campaigns.thompson.arm_names == many.campaigns.thompson.arm_names
+    for key in [*keys, "odd", "late"]:
+        assert one.campaigns.get_key_state(key) == many.campaigns.get_key_state(key)
+    n = one.campaigns.thompson.n_keys
+    for name, arr in one.campaigns.thompson._arr.items():
+        assert np.array_equal(arr[:n], many.campaigns.thompson._arr[name][:n]), name
+
+
+@pytest.mark.parametrize("now", [0, 1, -1, 1_700_000_000_000, 2**62])
+def test_state_records_bytes_equal_fastavro(now: int) -> None:
+    serde = SERDES["StateRecord"]
+    items = [
+        ("campaign", "c-1", {"a": [1.5, 2], "b": None}),
+        ("ensemble", "é" * 100, {"x": "☃"}),
+        ("campaign", "", {}),
+    ]
+    got = encode_state_records(serde, items, now)
+    for (key, value), (kind, ident, state) in zip(got, items, strict=True):
+        expected = serde.encode(
+            {
+                "key": ident,
+                "kind": kind,
+                "state_json": json.dumps(state, sort_keys=True, separators=(",", ":")),
+                "processor_version": __version__,
+                "written_at": now,
+            }
+        )
+        assert value == expected
+        assert key == f"{kind}/{ident}".encode()
+
+
+def test_small_batches_take_the_record_path_with_the_same_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = CFG.topics
+    pairs = _outcomes(300, 4)
+    reqs = _requests(300, 4)
+    results = []
+    for threshold in (0, 10**9):
+        monkeypatch.setattr(engine_core, "_MIN_VECTORIZED", threshold)
+        engine = PartitionEngine(CFG, 0, SERDES)
+        outs = []
+        for first in range(0, 300, 30):
+            outs.append(
+                engine.process(
+                    {
+                        t.bid_outcomes: _batch(t.bid_outcomes, pairs[first : first + 30], first),
+                        t.bid_requests: _batch(t.bid_requests, reqs[first : first + 30], first),
+                    },
+                    now_ms=1_700_000_100_000,
+                )
+            )
+        results.append(
+            (
+                [o.decisions for o in outs],
+                [o.dead_letters for o in outs],
+                engine.take_dirty(),
+            )
+        )
+    assert results[0] == results[1]
+    assert sum(len(d) for d in results[0][0]) > 200

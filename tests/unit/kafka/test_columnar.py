@@ -1,0 +1,170 @@
+"""The columnar Avro decoder / encoder agree exactly with fastavro (property tests)."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import string
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from processor.kafka.columnar import columnar_plan, decode_columns, encode_columns
+from processor.kafka.serde import SerdeRegistry, load_schema_json, strip_logical_types
+
+SERDES = SerdeRegistry()
+_ADDR = re.compile(r" at 0x[0-9a-f]+")
+INPUTS = ("BidOutcome", "BidRequest", "TradeOutcome", "StateRecord", "ControlCommand")
+LONGS = st.one_of(
+    st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, -1, 1, 63, 64, -64, -65, 2**63 - 1])
+)
+TEXT = st.text(max_size=80)
+DOUBLES = st.floats(allow_nan=True, allow_infinity=True)
+
+
+def _value(t: Any) -> st.SearchStrategy[Any]:
+    if isinstance(t, dict) and t.get("type") in ("long", "int", "string", "double", "boolean"):
+        t = t["type"]
+    if t == "string":
+        return TEXT
+    if t == "long":
+        return LONGS
+    if t == "int":
+        return st.integers(-(2**31), 2**31 - 1)
+    if t == "double":
+        return DOUBLES
+    if t == "boolean":
+        return st.booleans()
+    if isinstance(t, list):
+        return st.one_of(*[st.none() if x == "null" else _value(x) for x in t])
+    if t["type"] == "map":
+        return st.dictionaries(TEXT, _value(t["values"]), max_size=5)
+    if t["type"] == "enum":
+        return st.sampled_from(t["symbols"])
+    if t["type"] == "array":
+        return st.lists(_value(t["items"]), max_size=4)
+    raise AssertionError(t)
+
+
+def _records(name: str) -> st.SearchStrategy[dict[str, Any]]:
+    schema = strip_logical_types(load_schema_json(name))
+    return st.fixed_dictionaries({f["name"]: _value(f["type"]) for f in schema["fields"]})
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or (a == b and type(a) is type(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b and type(a) is type(b)
+
+
+def _check(name: str, values: list[bytes | None]) -> None:
+    serde = SERDES[name]
+    records, ok, failures = serde.decode_many(values)
+    decoded = decode_columns(serde, values)
+    assert decoded is not None
+    cols, col_failures = decoded
+    # fastavro's messages may name a BytesIO object by address
+    assert [(i, _ADDR.sub("", w)) for i, w in col_failures] == [
+        (i, _ADDR.sub("", w)) for i, w in failures
+    ]
+    small = decode_columns(serde, values, min_vectorized=10**9)
+    assert small is not None
+    small_cols, small_failures = small
+    assert [(i, _ADDR.sub("", w)) for i, w in small_failures] == [
+        (i, _ADDR.sub("", w)) for i, w in failures
+    ]
+    for rec, i in zip(records, ok, strict=True):
+        got = cols.record(i)
+        assert _same(got, rec), (i, got, rec)
+        assert _same(small_cols.record(i), rec)
+    for name in cols.null:
+        assert np.array_equal(cols.null[name][ok], small_cols.null[name][ok])
+
+
+def test_every_input_schema_has_a_columnar_plan() -> None:
+    for name in INPUTS:
+        assert columnar_plan(name) is not None, name
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), name=st.sampled_from(INPUTS))
+def test_valid_records_decode_exactly_like_fastavro(data: st.DataObject, name: str) -> None:
+    records = data.draw(st.lists(_records(name), min_size=1, max_size=12))
+    _check(name, [SERDES[name].encode(r) for r in records])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), name=st.sampled_from(INPUTS))
+def test_damaged_values_fail_or_decode_exactly_like_fastavro(
+    data: st.DataObject, name: str
+) -> None:
+    records = data.draw(st.lists(_records(name), min_size=1, max_size=8))
+    values: list[bytes | None] = [SERDES[name].encode(r) for r in records]
+    for i in range(len(values)):
+        raw = values[i]
+        assert raw is not None
+        how = data.draw(st.sampled_from(["keep", "truncate", "extend", "flip", "none", "random"]))
+        if how == "truncate":
+            values[i] = raw[: data.draw(st.integers(0, max(0, len(raw) - 1)))]
+        elif how == "extend":
+            values[i] = raw + data.draw(st.binary(min_size=1, max_size=4))
+        elif how == "flip" and raw:
+            pos = data.draw(st.integers(0, len(raw) - 1))
+            values[i] = (
+                raw[:pos] + bytes([raw[pos] ^ data.draw(st.integers(1, 255))]) + raw[pos + 1 :]
+            )
+        elif how == "none":
+            values[i] = None
+        elif how == "random":
+            values[i] = data.draw(st.binary(max_size=60))
+    _check(name, values)
+
+
+def test_batch_with_many_rows_matches() -> None:
+    rng = random.Random(3)
+    values = []
+    for i in range(3000):
+        rec = {
+            "request_id": "".join(rng.choices(string.ascii_letters + "é☃", k=rng.randint(0, 90))),
+            "campaign_id": f"c-{i % 97}",
+            "arm": rng.choice(["balanced", "aggressive"]),
+            "event_time": rng.randint(-(2**40), 2**40),
+            "won": rng.random() < 0.5,
+            "clicks": rng.randint(0, 2**33),
+            "conversions": rng.randint(0, 3),
+            "spend": rng.random(),
+            "revenue": rng.random() * 100,
+            "reward": None if i % 3 else rng.random(),
+            "success": None if i % 4 else rng.random() < 0.5,
+            "propensity": rng.random(),
+            "policy_version": -1,
+            "budget": None if i % 2 else 50.0,
+            "target_cpa": None,
+        }
+        values.append(SERDES["BidOutcome"].encode(rec))
+    values[17] = b"\x00"
+    _check("BidOutcome", values)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_records("BidDecision"), min_size=1, max_size=15))
+def test_columnar_encoding_is_byte_identical(records: list[dict[str, Any]]) -> None:
+    serde = SERDES["BidDecision"]
+    columns: dict[str, Any] = {}
+    for name, kind, _ in (
+        (f, None, None) for f in [x["name"] for x in load_schema_json("BidDecision")["fields"]]
+    ):
+        del kind
+        col = [r[name] for r in records]
+        if isinstance(col[0], float):
+            columns[name] = np.array(col, dtype=np.float64)
+        elif isinstance(col[0], int) and not isinstance(col[0], bool):
+            columns[name] = np.array(col, dtype=np.int64)
+        else:
+            columns[name] = col
+    assert encode_columns(serde, columns, len(records)) == [serde.encode(r) for r in records]
