@@ -353,9 +353,13 @@ class KeyTable:
         """Row per key; new keys get fresh rows (or -1 when ``create`` is false)."""
         get = self._row.get
         out = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
-        if create and np.any(out < 0):
-            for i in np.flatnonzero(out < 0):
-                out[i] = self._new_row(keys[int(i)])
+        if create:
+            missing = np.flatnonzero(out < 0).tolist()
+            if missing:
+                self._new_rows([keys[i] for i in missing])
+                row_of = self._row
+                for i in missing:
+                    out[i] = row_of[keys[i]]
         return out
 
     def _row_or_create(self, key: str) -> int:
@@ -370,20 +374,32 @@ class KeyTable:
         return row
 
     def _new_row(self, key: str) -> int:
-        existing = self._row.get(key)
-        if existing is not None:
-            return existing
-        row = len(self._keys)
+        self._new_rows([key])
+        return self._row[key]
+
+    def _new_rows(self, keys: Sequence[str]) -> None:
+        """Fresh rows for the new ones of ``keys``, in first-seen order, with one array reset.
+
+        Capacity doubles until it fits, so rows and capacity are the same as creating the keys
+        one by one (a restore of a million keys would otherwise spend ~30 µs per key).
+        """
+        row_of = self._row
+        new = [k for k in dict.fromkeys(keys) if k not in row_of]
+        if not new:
+            return
+        start = len(self._keys)
+        need = start + len(new)
         cap = self._arr["version"].shape[0]
-        if row >= cap:
+        if need > cap:
+            while cap < need:
+                cap *= 2
             for name, arr in self._arr.items():
-                grown = np.zeros((2 * cap, *arr.shape[1:]), dtype=arr.dtype)
-                grown[:cap] = arr
+                grown = np.zeros((cap, *arr.shape[1:]), dtype=arr.dtype)
+                grown[: arr.shape[0]] = arr
                 self._arr[name] = grown
-        self._keys.append(key)
-        self._row[key] = row
-        self._init_rows(np.array([row], dtype=np.int64))
-        return row
+        self._keys.extend(new)
+        row_of.update(zip(new, range(start, need), strict=True))
+        self._init_rows(np.arange(start, need, dtype=np.int64))
 
     def _init_rows(self, rows: IntArray) -> None:
         """Reset ``rows`` to the fresh state (prior / zero losses), default arm activity."""

@@ -304,6 +304,82 @@ class KeyedThompson(KeyTable):
         self._arr["version"][row] = int(state["version"])
         self._arr["last_event_ms"][row] = int(state["last_event_ms"])
 
+    def get_key_states(self, keys: Sequence[str]) -> list[dict[str, Any]]:
+        """:meth:`get_key_state` of many keys, with one array read per field."""
+        rows = self.rows(keys)
+        arr = self._arr
+        names = self._arm_names
+        active = arr["active"][rows]
+        all_active = np.all(active, axis=1).tolist()
+        succ: list[list[float]] = arr["successes"][rows].tolist()
+        fail: list[list[float]] = arr["failures"][rows].tolist()
+        version = arr["version"][rows].tolist()
+        last = arr["last_event_ms"][rows].tolist()
+        out: list[dict[str, Any]] = []
+        for i in range(len(keys)):
+            if all_active[i]:
+                arm_names, s_i, f_i = list(names), succ[i], fail[i]
+            else:
+                cols = np.flatnonzero(active[i]).tolist()
+                arm_names = [names[c] for c in cols]
+                s_i = [succ[i][c] for c in cols]
+                f_i = [fail[i][c] for c in cols]
+            out.append(
+                {
+                    "arm_names": arm_names,
+                    "successes": s_i,
+                    "failures": f_i,
+                    "version": int(version[i]),
+                    "last_event_ms": int(last[i]),
+                }
+            )
+        return out
+
+    def set_key_states(self, keys: Sequence[str], states: Sequence[dict[str, Any]]) -> None:
+        """:meth:`set_key_state` of many keys.
+
+        States in the usual shape (every column active, in column order) are written with one
+        assignment per field; any other goes through :meth:`set_key_state`, so the result is
+        the same as restoring key by key.
+        """
+        names = list(self._arm_names)  # a state below may add a column: keep the old ones
+        k = len(names)
+        self.rows(keys)  # rows in the given order, as key-by-key restoring assigns them
+        fast_keys: list[str] = []
+        fast: list[dict[str, Any]] = []
+        for key, state in zip(keys, states, strict=True):
+            s, f = state.get("successes"), state.get("failures")
+            if (
+                state.get("arm_names") == names
+                and isinstance(s, list)
+                and isinstance(f, list)
+                and len(s) == k
+                and len(f) == k
+            ):
+                fast_keys.append(key)
+                fast.append(state)
+            else:
+                self.set_key_state(key, state)
+        if not fast:
+            return
+        try:
+            succ = np.array([s["successes"] for s in fast], dtype=np.float64)
+            fail = np.array([s["failures"] for s in fast], dtype=np.float64)
+            version = np.array([int(s["version"]) for s in fast], dtype=np.int64)
+            last = np.array([int(s["last_event_ms"]) for s in fast], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = f"malformed Thompson state: {exc}"
+            raise StateError(msg) from exc
+        rows = self.rows(fast_keys)
+        self._init_rows(rows)
+        arr = self._arr
+        arr["active"][rows] = False
+        arr["active"][rows, :k] = True
+        arr["successes"][rows, :k] = succ
+        arr["failures"][rows, :k] = fail
+        arr["version"][rows] = version
+        arr["last_event_ms"][rows] = last
+
     def export_rows(self, rows: ArrayLike) -> dict[str, np.ndarray]:
         """Copies of the arrays of ``rows`` (fast path for changelog writers)."""
         r = np.asarray(rows, dtype=np.int64)

@@ -451,51 +451,10 @@ class PartitionEngine:
         return items
 
     def _campaign_states(self, keys: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
-        """``BiddingState.get_key_state`` for many keys with one array read per field.
-
-        The per-key method costs ~25 µs in row lookups and small-array indexing; a commit cycle
-        under load has a thousand dirty campaigns, so this is read column-wise instead. The
-        dicts are equal to the per-key ones (a unit test holds them together).
-        """
-        if not keys:
-            return []
-        state = self.campaigns
-        rows = state.rows(np.array(keys, dtype=object))
-        arr = state.thompson._arr  # the keyed arrays; read-only here
-        names = list(state.thompson.arm_names)
-        active = arr["active"][rows]
-        all_active = [bool(x) for x in np.all(active, axis=1)]
-        succ: list[list[float]] = arr["successes"][rows].tolist()
-        fail: list[list[float]] = arr["failures"][rows].tolist()
-        version = arr["version"][rows].tolist()
-        last = arr["last_event_ms"][rows].tolist()
-        safety = state.safety
-        emergency = safety.emergency[rows].tolist()
-        floats = {k: safety.arrays[k][rows].tolist() for k in safety._FLOAT_FIELDS}
-        ints = {k: safety.arrays[k][rows].tolist() for k in safety._INT_FIELDS}
-        out: list[tuple[str, str, dict[str, Any]]] = []
-        for i, key in enumerate(keys):
-            if all_active[i]:
-                arm_names, s_i, f_i = list(names), succ[i], fail[i]
-            else:
-                cols = np.flatnonzero(active[i]).tolist()
-                arm_names = [names[c] for c in cols]
-                s_i = [succ[i][c] for c in cols]
-                f_i = [fail[i][c] for c in cols]
-            safe: dict[str, Any] = {"emergency": bool(emergency[i])}
-            for k, v in floats.items():
-                safe[k] = float(v[i])
-            for k, v in ints.items():
-                safe[k] = int(v[i])
-            thompson = {
-                "arm_names": arm_names,
-                "successes": s_i,
-                "failures": f_i,
-                "version": int(version[i]),
-                "last_event_ms": int(last[i]),
-            }
-            out.append(("campaign", key, {"thompson": thompson, "safety": safe}))
-        return out
+        """``(kind, key, state)`` of dirty campaigns, read column-wise (a commit under load has
+        a thousand of them; per key this costs ~25 µs of row lookups)."""
+        states = self.campaigns.get_key_states(keys)
+        return [("campaign", key, state) for key, state in zip(keys, states, strict=True)]
 
     def restore(self, kind: str, key: str, state: Mapping[str, Any]) -> None:
         """Load one key's state from a changelog record."""
@@ -508,95 +467,20 @@ class PartitionEngine:
             raise StateError(msg)
 
     def restore_many(self, states: Mapping[tuple[str, str], Mapping[str, Any]]) -> None:
-        """:meth:`restore` for a whole changelog partition.
+        """:meth:`restore` for a whole changelog partition (campaigns column-wise).
 
-        Campaign states in the usual shape (every configured arm active, in column order) are
-        written into the arrays with one assignment per field instead of ~150 µs of per-key row
-        bookkeeping; anything else goes through :meth:`restore` one key at a time, so the
-        result is the same as restoring key by key.
+        The result equals restoring key by key in the same order.
         """
-        fast_keys: list[str] = []
-        fast: list[Mapping[str, Any]] = []
-        thompson = self.campaigns.thompson
-        names = list(thompson.arm_names)
-        k = len(names)
-        safety = self.campaigns.safety
-        safety_fields = {"emergency", *safety._FLOAT_FIELDS, *safety._INT_FIELDS}
-        campaign_keys = [key for kind, key in states if kind == "campaign"]
-        if campaign_keys:
-            # rows in changelog order, as key-by-key restoring would assign them
-            _add_rows(thompson, campaign_keys)
-            self.campaigns.rows(np.array(campaign_keys, dtype=object))
+        keys = [key for kind, key in states if kind == "campaign"]
+        if keys:
+            self.campaigns.set_key_states(keys, [states[("campaign", k)] for k in keys])
         for (kind, key), state in states.items():
-            th = state.get("thompson") if kind == "campaign" and isinstance(state, dict) else None
-            if (
-                isinstance(th, dict)
-                and th.get("arm_names") == names
-                and isinstance(th.get("successes"), list)
-                and isinstance(th.get("failures"), list)
-                and len(th["successes"]) == k
-                and len(th["failures"]) == k
-                and isinstance(state.get("safety"), dict)
-                and set(state["safety"]) == safety_fields
-            ):
-                fast_keys.append(key)
-                fast.append(state)
-                continue
-            self.restore(kind, key, state)
-        if not fast:
-            return
-        try:
-            rows = self.campaigns.rows(np.array(fast_keys, dtype=object))
-            arr = thompson._arr  # written like KeyedThompson.set_key_state, for many rows
-            succ = np.array([s["thompson"]["successes"] for s in fast], dtype=np.float64)
-            fail = np.array([s["thompson"]["failures"] for s in fast], dtype=np.float64)
-            version = np.array([int(s["thompson"]["version"]) for s in fast], dtype=np.int64)
-            last = np.array([int(s["thompson"]["last_event_ms"]) for s in fast], dtype=np.int64)
-            thompson._init_rows(rows)
-            arr["active"][rows, :k] = True
-            arr["successes"][rows, :k] = succ
-            arr["failures"][rows, :k] = fail
-            arr["version"][rows] = version
-            arr["last_event_ms"][rows] = last
-            safe = [s["safety"] for s in fast]
-            safety.emergency[rows] = [bool(s["emergency"]) for s in safe]
-            for name in safety._FLOAT_FIELDS:
-                safety.arrays[name][rows] = [float(s[name]) for s in safe]
-            for name in safety._INT_FIELDS:
-                safety.arrays[name][rows] = [int(s[name]) for s in safe]
-        except (TypeError, ValueError) as exc:
-            msg = f"malformed campaign state in the changelog: {exc}"
-            raise StateError(msg) from exc
+            if kind != "campaign":
+                self.restore(kind, key, state)
 
     def key_count(self) -> tuple[int, int]:
         """Number of (campaign, ensemble) keys held."""
         return self.campaigns.thompson.n_keys, self.ensembles.bandit.n_keys
-
-
-def _add_rows(table: Any, keys: Sequence[str]) -> None:
-    """Create rows for the new ones of ``keys`` at once (restore of a million keys).
-
-    Same rows, capacity and fresh values as creating them one by one through ``table.rows``;
-    that path costs ~30 µs per key in per-row array resets.
-    """
-    row_of = table._row
-    new = [k for k in dict.fromkeys(keys) if k not in row_of]
-    if not new:
-        return
-    start = len(table._keys)
-    need = start + len(new)
-    arrays = table._arr
-    cap = arrays["version"].shape[0]
-    if need > cap:
-        while cap < need:
-            cap *= 2
-        for name, arr in list(arrays.items()):
-            grown = np.zeros((cap, *arr.shape[1:]), dtype=arr.dtype)
-            grown[: arr.shape[0]] = arr
-            arrays[name] = grown
-    table._keys.extend(new)
-    row_of.update(zip(new, range(start, need), strict=True))
-    table._init_rows(np.arange(start, need, dtype=np.int64))
 
 
 def encode_state(kind: str, key: str, state: Mapping[str, Any]) -> str:

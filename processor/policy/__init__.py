@@ -8,19 +8,21 @@
 
 from __future__ import annotations
 
-from processor.policy.bidding import (
-    GUARDRAIL_NAMES,
+from processor.policy.batches import (
     MODES,
-    ArmSpec,
-    BiddingConfig,
-    BiddingState,
-    BidPolicy,
     DecisionBatch,
-    ObserveResult,
     OutcomeBatch,
     RequestBatch,
     validate_outcomes,
     validate_requests,
+)
+from processor.policy.bidding import (
+    GUARDRAIL_NAMES,
+    ArmSpec,
+    BiddingConfig,
+    BiddingState,
+    BidPolicy,
+    ObserveResult,
 )
 from processor.policy.hashing import request_uniforms, seed_for
 from processor.policy.safety import VIOLATION_NAMES, PerformanceMonitor, SafetyConstraints

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,6 +338,36 @@ class SafetyState(PerformanceMonitor):
         for k in self._INT_FIELDS:
             out[k] = int(self.arrays[k][row])
         return out
+
+    def get_row_states(self, rows: I64) -> list[dict[str, Any]]:
+        """:meth:`get_row_state` of many rows, with one array read per field."""
+        self.ensure_rows(int(rows.max()) + 1 if rows.size else 0)
+        columns: dict[str, list[Any]] = {"emergency": [bool(x) for x in self.emergency[rows]]}
+        for k in self._FLOAT_FIELDS:
+            columns[k] = [float(x) for x in self.arrays[k][rows].tolist()]
+        for k in self._INT_FIELDS:
+            columns[k] = [int(x) for x in self.arrays[k][rows].tolist()]
+        names = list(columns)
+        return [
+            dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)
+        ]
+
+    def set_row_states(self, rows: I64, states: Sequence[Mapping[str, Any]]) -> None:
+        """:meth:`set_row_state` of many rows (one assignment per field).
+
+        Raises:
+            StateError: Missing or malformed fields.
+        """
+        self.ensure_rows(int(rows.max()) + 1 if rows.size else 0)
+        try:
+            self.emergency[rows] = [bool(s["emergency"]) for s in states]
+            for k in self._FLOAT_FIELDS:
+                self.arrays[k][rows] = [float(s[k]) for s in states]
+            for k in self._INT_FIELDS:
+                self.arrays[k][rows] = [int(s[k]) for s in states]
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = f"safety state is malformed: {exc}"
+            raise StateError(msg) from exc
 
     def set_row_state(self, row: int, state: Mapping[str, Any]) -> None:
         """Restore one row from :meth:`get_row_state` output.
