@@ -39,7 +39,12 @@ from processor import metrics
 from processor.config import AppConfig
 from processor.engine import EngineOutputs, PartitionEngine, SourceBatch
 from processor.errors import ProcessorError, TransactionError
-from processor.kafka.clients import make_admin, make_consumer, make_producer
+from processor.kafka.clients import (
+    make_admin,
+    make_consumer,
+    make_producer,
+    restore_consumer_factory,
+)
 from processor.kafka.serde import SerdeRegistry, make_registry_client
 from processor.kafka.topics import check_topology
 from processor.kafka.transaction import AbortRequiredError, Transactions
@@ -199,14 +204,6 @@ class Stage:
         metrics.ASSIGNED_PARTITIONS.set(len(self.assigned))
 
     # ---- restore ----------------------------------------------------------------------------
-    def _restore_consumer(self, **extra: Any) -> Consumer:
-        settings = {
-            "group.id": f"{self.config.app_id}-restore",
-            "isolation.level": "read_committed",
-            **extra,
-        }
-        return make_consumer(self.config, **settings)
-
     def _restore_pending(self) -> None:
         assert self.consumer is not None
         serde = self.serdes["StateRecord"]
@@ -219,7 +216,7 @@ class Stage:
             gc.disable()
             try:
                 states, records = read_changelog(
-                    self._restore_consumer,
+                    restore_consumer_factory(self.config),
                     self.config.changelog_topic,
                     p,
                     serde,

@@ -8,13 +8,12 @@ import sys
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer
 
 from processor import metrics
 from processor.app import Stage
 from processor.config import AppConfig
 from processor.engine import PartitionEngine
-from processor.kafka.clients import InstanceClaim, make_admin, make_consumer
+from processor.kafka.clients import InstanceClaim, make_admin, restore_consumer_factory
 from processor.kafka.serde import SerdeRegistry
 from processor.kafka.topics import create_topics, partition_counts
 from processor.state.changelog import read_changelog
@@ -104,8 +103,7 @@ def cmd_state_show(config: AppConfig, key: str, *, as_json: bool) -> int:
         return 2
     serdes = SerdeRegistry()
 
-    def factory(**extra: Any) -> Consumer:
-        return make_consumer(config, **{"group.id": f"{config.app_id}-state-show", **extra})
+    factory = restore_consumer_factory(config, "state-show")
 
     views = []
     for p in range(count):

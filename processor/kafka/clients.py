@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,10 +80,19 @@ def transactional_id(config: AppConfig) -> str:
 
 
 def _merge(
-    base: dict[str, Any], *overrides: Any, enforced: dict[str, Any] | None = None
+    base: dict[str, Any],
+    *user: Any,
+    enforced: dict[str, Any] | None = None,
+    code: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``base`` < user pass-through settings < ``enforced`` < ``code``.
+
+    ``enforced`` protects exactly-once from a user's librdkafka settings; ``code`` is what the
+    stage itself asks for a special-purpose client (e.g. the restore's read_uncommitted
+    watermark probe) and wins over both.
+    """
     conf = dict(base)
-    for override in overrides:
+    for override in user:
         conf.update(override)
     for name, value in (enforced or {}).items():
         if name in conf and str(conf[name]).lower() != str(value).lower():
@@ -90,6 +100,7 @@ def _merge(
                 "ignoring kafka setting %s=%s: the stage needs %s", name, conf[name], value
             )
         conf[name] = value
+    conf.update(code or {})
     return conf
 
 
@@ -110,7 +121,7 @@ def consumer_config(config: AppConfig, **extra: Any) -> dict[str, Any]:
     enforced: dict[str, Any] = {"enable.auto.commit": False, "enable.auto.offset.store": False}
     if config.exactly_once:
         enforced["isolation.level"] = "read_committed"
-    return _merge(base, config.kafka.common, config.kafka.consumer, extra, enforced=enforced)
+    return _merge(base, config.kafka.common, config.kafka.consumer, enforced=enforced, code=extra)
 
 
 def producer_config(config: AppConfig, **extra: Any) -> dict[str, Any]:
@@ -127,7 +138,27 @@ def producer_config(config: AppConfig, **extra: Any) -> dict[str, Any]:
     if config.exactly_once:
         enforced["transactional.id"] = transactional_id(config)
         base["transaction.timeout.ms"] = config.transaction_timeout_ms
-    return _merge(base, config.kafka.common, config.kafka.producer, extra, enforced=enforced)
+    return _merge(base, config.kafka.common, config.kafka.producer, enforced=enforced, code=extra)
+
+
+def restore_consumer_factory(
+    config: AppConfig, purpose: str = "restore"
+) -> Callable[..., Consumer]:
+    """Factory of the consumers :func:`processor.state.changelog.read_changelog` needs.
+
+    read_committed by default; ``read_changelog`` also asks it for a read_uncommitted probe of
+    the high watermark, which these code-supplied settings get even in exactly-once mode.
+    """
+
+    def make(**extra: Any) -> Consumer:
+        settings = {
+            "group.id": f"{config.app_id}-{purpose}",
+            "isolation.level": "read_committed",
+            **extra,
+        }
+        return make_consumer(config, **settings)
+
+    return make
 
 
 def admin_config(config: AppConfig) -> dict[str, Any]:

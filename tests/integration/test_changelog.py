@@ -6,8 +6,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from confluent_kafka import Consumer
 
+from processor.config import config_from_dict
+from processor.kafka.clients import restore_consumer_factory
 from processor.kafka.serde import AvroSerde
 from processor.state.changelog import encode_state_records, read_changelog
 
@@ -30,8 +33,12 @@ def _factory(bootstrap: str) -> Any:
     return factory
 
 
+@pytest.mark.parametrize("factory_kind", ["plain", "stage"])
 def test_restore_waits_for_transactions_still_open_below_committed_state(
-    bootstrap: str, topic_factory: TopicFactory, producer_factory: ProducerFactory
+    bootstrap: str,
+    topic_factory: TopicFactory,
+    producer_factory: ProducerFactory,
+    factory_kind: str,
 ) -> None:
     """The last stable offset can stand below committed records (an open transaction in front of
     them, or commit markers not written yet right after ``commit_transaction`` returns). A restore
@@ -49,8 +56,15 @@ def test_restore_waits_for_transactions_still_open_below_committed_state(
         fast.produce(topic, value, key, partition=0)
     fast.commit_transaction(30)
     result: dict[str, Any] = {}
+    # "stage": the factory the stage and `state show` use, in exactly-once mode (its enforced
+    # read_committed must not swallow the read_uncommitted watermark probe).
+    if factory_kind == "plain":
+        factory = _factory(bootstrap)
+    else:
+        stage_config = config_from_dict({"bootstrap_servers": bootstrap, "app_id": "restore-test"})
+        factory = restore_consumer_factory(stage_config)
     reader = threading.Thread(
-        target=lambda: result.update(out=read_changelog(_factory(bootstrap), topic, 0, serde, 30))
+        target=lambda: result.update(out=read_changelog(factory, topic, 0, serde, 30))
     )
     reader.start()
     time.sleep(1.0)

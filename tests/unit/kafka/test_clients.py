@@ -44,6 +44,17 @@ def test_exactly_once_settings_are_enforced_over_user_settings(
     assert "enable.auto.commit" in caplog.text
 
 
+def test_the_stage_own_settings_win_over_enforced_ones(caplog: pytest.LogCaptureFixture) -> None:
+    # The restore's watermark probe must really be read_uncommitted (see state/changelog.py).
+    cfg = config_from_dict({"kafka": {"consumer": {"isolation.level": "read_uncommitted"}}})
+    with caplog.at_level(logging.WARNING):
+        probe = consumer_config(cfg, **{"isolation.level": "read_uncommitted"})
+        plain = consumer_config(cfg)
+    assert probe["isolation.level"] == "read_uncommitted"
+    assert plain["isolation.level"] == "read_committed"
+    assert probe["enable.auto.commit"] is False
+
+
 def test_at_least_once_has_no_transactional_id() -> None:
     cfg = config_from_dict({"instance_id": "i", "processing_guarantee": "at_least_once"})
     assert "transactional.id" not in producer_config(cfg)
