@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -481,13 +480,3 @@ class PartitionEngine:
     def key_count(self) -> tuple[int, int]:
         """Number of (campaign, ensemble) keys held."""
         return self.campaigns.thompson.n_keys, self.ensembles.bandit.n_keys
-
-
-def encode_state(kind: str, key: str, state: Mapping[str, Any]) -> str:
-    """Canonical JSON of a state payload (sorted keys, no NaN)."""
-    return json.dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def unique_keys(values: Sequence[str]) -> list[str]:
-    """Distinct values in first-seen order."""
-    return list(dict.fromkeys(values))
