@@ -331,7 +331,8 @@ def decode_columns(
 _SMALL_LEN = [bytes([2 * i]) for i in range(64)]
 
 
-def _zigzag_varint(n: int) -> bytes:
+def avro_long(n: int) -> bytes:
+    """Avro zig-zag varint of a long."""
     z = (n << 1) ^ (n >> 63)
     out = bytearray()
     while z > 0x7F:
@@ -347,7 +348,7 @@ def _string_parts(texts: Sequence[str]) -> list[bytes]:
     for text in texts:
         data = text.encode()
         size = len(data)
-        out.append((small[size] if size < 64 else _zigzag_varint(size)) + data)
+        out.append((small[size] if size < 64 else avro_long(size)) + data)
     return out
 
 
@@ -392,9 +393,7 @@ def _writer_plan(name: str) -> tuple[tuple[str, str, Any], ...] | None:
         if t in ("string", "double", "long", "int", "boolean"):
             plan.append((f["name"], str(t), None))
         elif isinstance(t, dict) and t.get("type") == "enum":
-            plan.append(
-                (f["name"], "enum", {s: _zigzag_varint(i) for i, s in enumerate(t["symbols"])})
-            )
+            plan.append((f["name"], "enum", {s: avro_long(i) for i, s in enumerate(t["symbols"])}))
         elif isinstance(t, dict) and t.get("type") == "array" and t.get("items") == "string":
             plan.append((f["name"], "strings", None))
         else:
@@ -456,7 +455,7 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
                     enc = cache_.get(key)
                     if enc is None:
                         body = b"".join(_string_parts(key))
-                        enc = (_zigzag_varint(len(key)) + body + b"\x00") if key else b"\x00"
+                        enc = (avro_long(len(key)) + body + b"\x00") if key else b"\x00"
                         cache_[key] = enc
                     out.append(enc)
                 parts.append(out)

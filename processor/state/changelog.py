@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from processor import __version__
 from processor.errors import StateError
-from processor.kafka.columnar import decode_columns
+from processor.kafka.columnar import avro_long, decode_columns
 from processor.kafka.serde import AvroSerde
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def encode_state_records(
     # Schemaless StateRecord written directly: field order key, kind (enum index), state_json,
     # processor_version, written_at. Several times cheaper than fastavro's generic writer on a
     # commit with a thousand dirty keys; a unit test checks the bytes equal fastavro's.
-    tail = _avro_string(__version__) + _avro_long(now)
+    tail = _avro_string(__version__) + avro_long(now)
     for kind, key, state in items:
         text = dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False)
         kind_bytes = _KIND_BYTES.get(kind)
@@ -84,23 +84,12 @@ def encode_state_records(
     return out
 
 
-def _avro_long(n: int) -> bytes:
-    """Avro zig-zag varint of a long."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def _avro_string(text: str) -> bytes:
     data = text.encode()
-    return _avro_long(len(data)) + data
+    return avro_long(len(data)) + data
 
 
-_KIND_BYTES = {kind: _avro_long(i) for i, kind in enumerate(KINDS)}
+_KIND_BYTES = {kind: avro_long(i) for i, kind in enumerate(KINDS)}
 
 
 def _load_state(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from processor.errors import ConfigError, StateError
+from processor.kafka.serde import load_schema_json
 from processor.policy.bidding import (
     GUARDRAIL_NAMES,
     MODES,
@@ -130,20 +131,7 @@ def test_decision_fields_modes_and_confidence() -> None:
     teach(policy, state, n=4)
     d = decide(policy, state, [req(i) for i in range(400)])
     recs = d.to_records()
-    assert set(recs[0]) == {
-        "request_id",
-        "campaign_id",
-        "arm",
-        "bid_amount",
-        "budget",
-        "propensity",
-        "confidence",
-        "mode",
-        "guardrails",
-        "policy_version",
-        "event_time",
-        "decided_at",
-    }
+    assert set(recs[0]) == {f["name"] for f in load_schema_json("BidDecision")["fields"]}
     assert {r["mode"] for r in recs} == {"explore", "exploit"}
     assert np.all((d.propensity > 0) & (d.propensity <= 1))
     # Sampled decisions: propensity = confidence = P(played arm is best).
