@@ -21,7 +21,7 @@ import logging
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -109,7 +109,14 @@ class Stage:
             partitions,
             ",".join(cfg.topics.inputs),
         )
-        self.producer = make_producer(cfg)
+        # Exactly-once: commit_transaction() reports any failed delivery, so no per-message
+        # Python callback. At-least-once: a callback for failures only, checked before offsets.
+        reports = (
+            {}
+            if cfg.exactly_once
+            else {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
+        )
+        self.producer = make_producer(cfg, **reports)
         if cfg.exactly_once:
             self.txn = Transactions(self.producer, cfg.operation_timeout_s, cfg.retry_budget_s)
             self.txn.init()
@@ -316,14 +323,13 @@ class Stage:
             return
         assert self.producer is not None
         produce = self.producer.produce
-        cb = self._on_delivery
         for key, value in pairs:
             while True:
                 try:
                     if partition is None:
-                        produce(topic, value, key, on_delivery=cb)
+                        produce(topic, value, key)
                     else:
-                        produce(topic, value, key, partition, on_delivery=cb)
+                        produce(topic, value, key, partition)
                     break
                 except BufferError:
                     self.producer.poll(0.05)
@@ -334,7 +340,7 @@ class Stage:
             self._delivery_errors.append(err.str())
 
     def _record(self, out: EngineOutputs) -> None:
-        for reason_key, n in _count(d.error_class for d in out.dead_letters).items():
+        for reason_key, n in Counter(d.error_class for d in out.dead_letters).items():
             metrics.DEAD_LETTERS.labels(reason_key).inc(n)
         if out.rewards_applied:
             metrics.REWARDS_APPLIED.labels("bid_outcome").inc(out.rewards_applied)
@@ -452,10 +458,3 @@ class Stage:
         metrics.STATE_KEYS.labels("campaign").set(campaigns)
         metrics.STATE_KEYS.labels("ensemble").set(ensembles)
         metrics.EMERGENCY_CAMPAIGNS.set(emergency)
-
-
-def _count(items: Any) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for item in items:
-        counts[item] += 1
-    return counts

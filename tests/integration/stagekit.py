@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from processor.commands import key_state_view
-from processor.config import AppConfig, config_from_dict
+from processor.config import AppConfig, TopicsConfig, config_from_dict
 from processor.engine import PartitionEngine
 from processor.kafka.clients import make_admin
 from processor.kafka.serde import SerdeRegistry
@@ -39,15 +40,7 @@ def app_config(bootstrap: str, tmp: Path, **overrides: Any) -> tuple[AppConfig, 
         "commit_interval_ms": 100,
         "topics": {
             name: f"{app_id}-{name.replace('_', '-')}"
-            for name in (
-                "bid_requests",
-                "bid_outcomes",
-                "trade_outcomes",
-                "control",
-                "bid_decisions",
-                "ensemble_weights",
-                "dead_letters",
-            )
+            for name in (f.name for f in dataclasses.fields(TopicsConfig))
         },
     }
     data.update(overrides)

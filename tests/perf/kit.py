@@ -10,6 +10,7 @@ speed, so none can be timed more kindly than another.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import signal
@@ -24,21 +25,13 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from processor.config import AppConfig, config_from_dict
+from processor.config import AppConfig, TopicsConfig, config_from_dict
 from processor.kafka.clients import make_admin
 from processor.kafka.topics import create_topics
 from processor.testing import unique_name
 
 PARTITIONS = 6
-TOPIC_ROLES = (
-    "bid_requests",
-    "bid_outcomes",
-    "trade_outcomes",
-    "control",
-    "bid_decisions",
-    "ensemble_weights",
-    "dead_letters",
-)
+TOPIC_ROLES = tuple(f.name for f in dataclasses.fields(TopicsConfig))
 
 
 def stage_config(
