@@ -13,6 +13,10 @@ Trading side: models (families × horizons) with hidden normal P&L distributions
 in basis points, emitted as TradeOutcome dicts with bandit, full-information or
 contribution feedback.
 
+The trading methods live in :mod:`processor.policy.simulator_trading` (:class:`TradingMarket`,
+a base of :class:`MarketSimulator`) and the closed-loop driver :func:`run_closed_loop` in
+:mod:`processor.policy.simulator_loop`; both are re-exported here, so import from this module.
+
 Every outcome's randomness comes from :func:`request_uniforms` on the request or
 trade id, so results do not depend on call order or batching.
 """
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,12 +32,33 @@ import numpy.typing as npt
 from scipy import special, stats
 
 from processor.errors import ConfigError
-from processor.policy.bidding import BiddingState, BidPolicy, OutcomeBatch, RequestBatch
 from processor.policy.hashing import request_uniforms
+from processor.policy.simulator_loop import ClosedLoopResult, run_closed_loop
+from processor.policy.simulator_trading import (
+    ARM_MODES,
+    DEFAULT_FAMILIES,
+    DEFAULT_HORIZONS,
+    F64,
+    FEEDBACK_KINDS,
+    TradingMarket,
+)
+
+__all__ = [
+    "ARM_MODES",
+    "AUDIENCE_POOL",
+    "DEFAULT_ARM_MULTIPLIERS",
+    "DEFAULT_FAMILIES",
+    "DEFAULT_HORIZONS",
+    "F64",
+    "FEEDBACK_KINDS",
+    "SCENARIOS",
+    "ClosedLoopResult",
+    "MarketSimulator",
+    "TradingMarket",
+    "run_closed_loop",
+]
 
 logger = logging.getLogger(__name__)
-
-F64 = npt.NDArray[np.float64]
 
 #: Arm multipliers (bid, budget) the truths assume; the same defaults as BiddingConfig.
 DEFAULT_ARM_MULTIPLIERS: dict[str, tuple[float, float]] = {
@@ -43,12 +67,8 @@ DEFAULT_ARM_MULTIPLIERS: dict[str, tuple[float, float]] = {
     "aggressive": (1.2, 1.1),
     "experimental": (1.4, 1.2),
 }
-DEFAULT_FAMILIES = ("lightgbm", "xgboost", "ridge", "mlp", "lstm")
-DEFAULT_HORIZONS = ("5m", "15m", "60m")
 AUDIENCE_POOL = ("sports", "news", "gaming", "finance", "travel", "music", "health", "autos")
 SCENARIOS = ("default", "regime_switch")
-FEEDBACK_KINDS = ("bandit", "full", "contributions")
-ARM_MODES = ("family", "horizon", "family_horizon")
 
 _DEMAND_SHAPE = 3.0
 _OVERDELIVERY_PROB = 0.01
@@ -58,7 +78,7 @@ _DAY_MS = 86_400_000
 _S_WIN, _S_DEMAND, _S_CLICKS, _S_CONV, _S_REV, _S_OVER, _S_OVERAMT = range(10, 17)
 
 
-class MarketSimulator:
+class MarketSimulator(TradingMarket):
     """Seeded synthetic ad market and trading-model market.
 
     Args:
@@ -287,221 +307,3 @@ class MarketSimulator:
         """Campaign id → arm with the highest expected reward."""
         best = self.expected_reward(metric, at_ms).argmax(axis=1)
         return {c: self.arm_names[int(b)] for c, b in zip(self.campaign_ids, best, strict=True)}
-
-    # -- trading ------------------------------------------------------------------------
-    def trade_arms(self, arm_mode: str = "family_horizon") -> tuple[str, ...]:
-        """Arm names of the trading bandit in ``arm_mode``."""
-        if arm_mode == "family":
-            return self.families
-        if arm_mode == "horizon":
-            return self.horizons
-        if arm_mode == "family_horizon":
-            return self.model_arms
-        msg = f"arm_mode must be one of {ARM_MODES}, got {arm_mode!r}"
-        raise ConfigError(msg)
-
-    def trade_means(self, arm_mode: str = "family_horizon", at_ms: int = 0) -> dict[str, float]:
-        """Hidden mean net P&L (bps) per arm; families / horizons average their models."""
-        mu = self._model_means(at_ms)
-        fam = np.array([a.split(":")[0] for a in self.model_arms])
-        hor = np.array([a.split(":")[1] for a in self.model_arms])
-        if arm_mode == "family":
-            return {f: float(mu[fam == f].mean()) for f in self.families}
-        if arm_mode == "horizon":
-            return {h: float(mu[hor == h].mean()) for h in self.horizons}
-        return {a: float(m) for a, m in zip(self.model_arms, mu, strict=True)}
-
-    def _model_means(self, at_ms: int) -> F64:
-        if self.scenario == "regime_switch" and at_ms >= self.switch_ms:
-            return self.model_mean_bps[::-1].copy()
-        return self.model_mean_bps
-
-    def trade_outcomes(
-        self,
-        n: int,
-        start_ms: int = 0,
-        rate_per_s: float = 10.0,
-        *,
-        feedback: str = "bandit",
-        arm_mode: str = "family_horizon",
-        probabilities: Mapping[str, float] | Sequence[float] | None = None,
-        ensemble_id: str = "ens-0",
-    ) -> list[dict[str, Any]]:
-        """Generate ``n`` TradeOutcome dicts.
-
-        Args:
-            n: Number of trades.
-            start_ms: First event time.
-            rate_per_s: Trades per second.
-            feedback: ``"bandit"`` (arm + propensity drawn from ``probabilities``), ``"full"``
-                (``model_rewards`` for every arm) or ``"contributions"`` (family shares).
-            arm_mode: ``"family"``, ``"horizon"`` or ``"family_horizon"`` (``"family:horizon"``).
-            probabilities: Arm probabilities (mapping or sequence in :meth:`trade_arms` order);
-                uniform by default.
-            ensemble_id: Ensemble id of every trade.
-        """
-        if feedback not in FEEDBACK_KINDS:
-            msg = f"feedback must be one of {FEEDBACK_KINDS}, got {feedback!r}"
-            raise ConfigError(msg)
-        arms = self.trade_arms(arm_mode)
-        p = self._probs(arms, probabilities)
-        rng = np.random.default_rng([self.seed, 3, self._trade_counter])
-        times = start_ms + (np.arange(n) * (1000.0 / rate_per_s)).astype(np.int64)
-        out = []
-        for j in range(n):
-            t = int(times[j])
-            mu = self._model_means(t)
-            draws = rng.normal(mu, self.model_sd_bps)
-            arm_r = self._arm_rewards(draws, arm_mode)
-            rec: dict[str, Any] = {"family": None, "arm": None, "propensity": None}
-            rec["model_rewards"] = rec["model_contributions"] = None
-            horizon = str(rng.choice(np.array(self.horizons)))
-            if feedback == "bandit":
-                a = int(rng.choice(len(arms), p=p))
-                net = arm_r[arms[a]]
-                rec.update(arm=arms[a], propensity=float(p[a]))
-                if arm_mode != "horizon":
-                    rec["family"] = arms[a].split(":")[0]
-                if arm_mode != "family":
-                    horizon = arms[a].split(":")[-1]
-            elif feedback == "full":
-                rec["model_rewards"] = arm_r
-                net = float(sum(p[i] * arm_r[a] for i, a in enumerate(arms)))
-            else:
-                fam_r = self._arm_rewards(draws, "family")
-                fam_p = self._family_shares(arms, p)
-                rec["model_contributions"] = fam_p
-                net = float(sum(fam_p[f] * fam_r[f] for f in self.families))
-            out.append(self._trade_record(j, t, horizon, net, rng, ensemble_id, rec))
-        self._trade_counter += n
-        return out
-
-    def _probs(
-        self, arms: Sequence[str], probabilities: Mapping[str, float] | Sequence[float] | None
-    ) -> F64:
-        if probabilities is None:
-            return np.full(len(arms), 1.0 / len(arms))
-        if isinstance(probabilities, Mapping):
-            p = np.array([float(probabilities.get(a, 0.0)) for a in arms])
-        else:
-            p = np.asarray(probabilities, dtype=np.float64)
-        if p.shape != (len(arms),) or np.any(p < 0) or p.sum() <= 0:
-            msg = "probabilities must be non-negative, one per arm, not all zero"
-            raise ConfigError(msg)
-        return np.asarray(p / p.sum(), dtype=np.float64)
-
-    def _arm_rewards(self, draws: F64, arm_mode: str) -> dict[str, float]:
-        if arm_mode == "family_horizon":
-            return {a: float(r) for a, r in zip(self.model_arms, draws, strict=True)}
-        idx = 0 if arm_mode == "family" else 1
-        names = self.families if arm_mode == "family" else self.horizons
-        parts = [a.split(":")[idx] for a in self.model_arms]
-        return {
-            nm: float(np.mean([d for d, pt in zip(draws, parts, strict=True) if pt == nm]))
-            for nm in names
-        }
-
-    def _family_shares(self, arms: Sequence[str], p: F64) -> dict[str, float]:
-        shares = dict.fromkeys(self.families, 0.0)
-        for a, pa in zip(arms, p, strict=True):
-            if a.split(":")[0] in shares:
-                shares[a.split(":")[0]] += float(pa)
-        total = sum(shares.values()) or 1.0
-        if total == 0 or all(v == 0 for v in shares.values()):
-            return dict.fromkeys(self.families, 1.0 / len(self.families))
-        return {f: v / total for f, v in shares.items()}
-
-    def _trade_record(
-        self,
-        j: int,
-        t: int,
-        horizon: str,
-        net_bps: float,
-        rng: np.random.Generator,
-        ensemble_id: str,
-        extra: dict[str, Any],
-    ) -> dict[str, Any]:
-        side = 1 if rng.random() < 0.5 else -1
-        entry = float(rng.uniform(20.0, 500.0))
-        qty = float(rng.integers(1, 200))
-        notional = entry * qty
-        fees = notional * 0.5e-4
-        slippage = notional * float(rng.uniform(0.0, 1.0e-4))
-        # Choose the exit so that the net P&L in bps is exactly net_bps.
-        exit_price = entry + side * (net_bps / 1e4 * notional + fees + slippage) / qty
-        return {
-            "trade_id": f"trd-{self.seed}-{self._trade_counter + j}",
-            "ensemble_id": ensemble_id,
-            "symbol": str(rng.choice(np.array(["AAPL", "MSFT", "SPY", "NVDA", "EURUSD"]))),
-            "horizon": horizon,
-            "side": side,
-            "entry_price": entry,
-            "exit_price": float(exit_price),
-            "quantity": qty,
-            "fees": float(fees),
-            "slippage": float(slippage),
-            "event_time": t,
-            **extra,
-        }
-
-
-@dataclass(frozen=True)
-class ClosedLoopResult:
-    """Totals of a closed-loop run (see :func:`run_closed_loop`)."""
-
-    decisions: int
-    outcomes: int
-    blocked: int
-    total_reward: float
-    violations: int
-    emergency_entries: int
-
-    @property
-    def violation_rate(self) -> float:
-        """Safety violations per outcome."""
-        return self.violations / self.outcomes if self.outcomes else 0.0
-
-
-def run_closed_loop(
-    policy: BidPolicy,
-    sim: MarketSimulator,
-    n_requests: int,
-    *,
-    batch_size: int = 1000,
-    rate_per_s: float = 100.0,
-    learn: bool = True,
-    start_ms: int = 0,
-) -> ClosedLoopResult:
-    """Decide → simulate → observe, batch by batch, on the default DESIGN batching rule.
-
-    With ``learn=False`` decisions always come from a fresh state (uniform Thompson
-    propensities, so uniformly random arms under the same guardrails) while outcomes still
-    go through a separate state for reward and violation accounting: the random baseline.
-    """
-    decide_state = BiddingState(policy.config)
-    observe_state = decide_state if learn else BiddingState(policy.config)
-    totals = {"decisions": 0, "outcomes": 0, "blocked": 0, "violations": 0, "entries": 0}
-    reward = 0.0
-    t = start_ms
-    for first in range(0, n_requests, batch_size):
-        n = min(batch_size, n_requests - first)
-        reqs = sim.bid_requests(n, t, rate_per_s)
-        t = int(reqs[-1]["event_time"]) + 1
-        decisions = policy.decide(RequestBatch.from_records(reqs), decide_state, decided_at_ms=t)
-        records = decisions.to_records()
-        outs = [o for o in sim.outcomes_for(records, reqs) if o is not None]
-        res = policy.observe(OutcomeBatch.from_records(outs), observe_state)
-        totals["decisions"] += n
-        totals["outcomes"] += len(outs)
-        totals["blocked"] += n - len(outs)
-        totals["violations"] += int(res.violation.sum())
-        totals["entries"] += len(res.entered_emergency)
-        reward += float(res.reward.sum())
-    return ClosedLoopResult(
-        decisions=totals["decisions"],
-        outcomes=totals["outcomes"],
-        blocked=totals["blocked"],
-        total_reward=reward,
-        violations=totals["violations"],
-        emergency_entries=totals["entries"],
-    )

@@ -1,0 +1,161 @@
+"""The Prometheus registry and every metric family of the stage, each created exactly once.
+
+Every name starts with ``bandit_processor_``; label sets are fixed and bounded (topics, reasons,
+rules and modes are closed sets; per-arm label values go through
+:func:`processor.metrics.arm_label`; per-ensemble series are capped, see ``MAX_ENSEMBLE_SERIES``).
+Import them from :mod:`processor.metrics`, which re-exports this module's names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+
+from processor import __version__
+
+# The text format would add a ``*_created`` gauge per counter and histogram series: it doubles the
+# series count, and rate() / increase() already handle restarts without it.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
+REGISTRY = CollectorRegistry(auto_describe=True)
+MAX_ENSEMBLE_SERIES = 10
+"""At most this many ensembles get per-arm probability and weight series (the first ones this
+instance holds; an ensemble keeps its series until its partition leaves the instance)."""
+MAX_POSTERIOR_ROWS = 20_000
+"""The per-arm posterior mean is averaged over an evenly strided sample of at most this many
+campaigns per refresh, so the refresh stays cheap with millions of campaigns."""
+
+_LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+EVENTS_CONSUMED = Counter(
+    "bandit_processor_events_consumed_total",
+    "Input records consumed, by topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+EVENTS_PRODUCED = Counter(
+    "bandit_processor_events_produced_total",
+    "Records produced, by topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "bandit_processor_dead_letters_total",
+    "Input records dead-lettered, by error class.",
+    ["reason"],
+    registry=REGISTRY,
+)
+REWARDS_APPLIED = Counter(
+    "bandit_processor_rewards_applied_total",
+    "Reward events applied to state, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "bandit_processor_batch_duration_seconds",
+    "Time to process one consumed batch.",
+    buckets=_LAT_BUCKETS,
+    registry=REGISTRY,
+)
+COMMIT_SECONDS = Histogram(
+    "bandit_processor_commit_duration_seconds",
+    "Time to commit one transaction (or offset commit).",
+    buckets=_LAT_BUCKETS,
+    registry=REGISTRY,
+)
+DECISION_LATENCY = Histogram(
+    "bandit_processor_decision_latency_seconds",
+    "Request event time to decision committed (visible to read_committed readers).",
+    buckets=_LAT_BUCKETS,
+    registry=REGISTRY,
+)
+TRANSACTIONS = Counter(
+    "bandit_processor_transactions_total",
+    "Transactions by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "bandit_processor_consumer_lag_messages",
+    "High watermark minus position, per input partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+STATE_KEYS = Gauge(
+    "bandit_processor_state_keys", "Keys held in memory, by kind.", ["kind"], registry=REGISTRY
+)
+RESTORE_SECONDS = Histogram(
+    "bandit_processor_restore_duration_seconds",
+    "Time to restore one partition from the changelog.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+RESTORED_KEYS = Counter(
+    "bandit_processor_restored_keys_total", "Keys restored from the changelog.", registry=REGISTRY
+)
+EMERGENCY_CAMPAIGNS = Gauge(
+    "bandit_processor_emergency_campaigns",
+    "Campaigns currently in emergency mode.",
+    registry=REGISTRY,
+)
+GUARDRAILS = Counter(
+    "bandit_processor_guardrail_activations_total",
+    "Decisions changed by a guardrail, by rule.",
+    ["rule"],
+    registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "bandit_processor_decisions_total", "Bid decisions, by mode.", ["mode"], registry=REGISTRY
+)
+ARM_SELECTIONS = Counter(
+    "bandit_processor_arm_selections_total",
+    "Bid decisions, by chosen arm (capped label set).",
+    ["arm"],
+    registry=REGISTRY,
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "bandit_processor_assigned_partitions",
+    "Input partitions assigned to this instance.",
+    registry=REGISTRY,
+)
+UP = Gauge("bandit_processor_up", "1 while the processing loop runs.", registry=REGISTRY)
+READY = Gauge(
+    "bandit_processor_ready", "1 when every assigned partition is restored.", registry=REGISTRY
+)
+RESTORING_PARTITIONS = Gauge(
+    "bandit_processor_restoring_partitions",
+    "Assigned input partitions still waiting for their state to be restored.",
+    registry=REGISTRY,
+)
+ARM_SELECTION_RATIO = Gauge(
+    "bandit_processor_arm_selection_ratio",
+    "Share of the bid decisions since the previous refresh (about 1 s) that chose each arm.",
+    ["arm"],
+    registry=REGISTRY,
+)
+ARM_POSTERIOR_MEAN = Gauge(
+    "bandit_processor_arm_posterior_mean",
+    "Thompson posterior mean of each arm, averaged over the campaigns where it is active "
+    f"(a strided sample of at most {MAX_POSTERIOR_ROWS} campaigns).",
+    ["arm"],
+    registry=REGISTRY,
+)
+ENSEMBLE_PROBABILITY = Gauge(
+    "bandit_processor_ensemble_arm_probability",
+    f"Exp3-IX probability of each arm, for at most {MAX_ENSEMBLE_SERIES} ensembles.",
+    ["ensemble", "arm"],
+    registry=REGISTRY,
+)
+ENSEMBLE_WEIGHT = Gauge(
+    "bandit_processor_ensemble_arm_weight",
+    f"Published (blended) weight of each arm, for at most {MAX_ENSEMBLE_SERIES} ensembles.",
+    ["ensemble", "arm"],
+    registry=REGISTRY,
+)
+BUILD_INFO = Info("bandit_processor_build", "Version of the running stage.", registry=REGISTRY)
+BUILD_INFO.info({"version": __version__})
