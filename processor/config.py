@@ -24,6 +24,7 @@ from processor.policy.safety import SafetyConstraints
 T = TypeVar("T")
 
 GUARANTEES = ("exactly_once", "at_least_once")
+STATE_FORMATS = ("packed", "json")
 ENSEMBLE_MODES = ("family", "horizon", "family_horizon")
 _SECRET_MARKERS = ("password", "secret", "token", "key.pem", "credentials", "private")
 
@@ -213,6 +214,7 @@ class AppConfig:
     max_batch_events: int = 5000
     poll_timeout_ms: int = 5
     transaction_timeout_ms: int = 10000
+    state_format: str = "packed"
     operation_timeout_s: float = 30.0
     retry_budget_s: float = 60.0
     metrics_port: int | None = 9400
@@ -235,6 +237,10 @@ class AppConfig:
         if self.processing_guarantee not in GUARANTEES:
             got = self.processing_guarantee
             msg = f"processing_guarantee must be one of {GUARANTEES}, got {got!r}"
+            raise ConfigError(msg)
+        if self.state_format not in STATE_FORMATS:
+            got = self.state_format
+            msg = f"state_format must be one of {STATE_FORMATS}, got {got!r}"
             raise ConfigError(msg)
         positive = (
             "commit_interval_ms",

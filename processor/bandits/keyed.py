@@ -370,15 +370,39 @@ class KeyedThompson(KeyTable):
         except (KeyError, TypeError, ValueError) as exc:
             msg = f"malformed Thompson state: {exc}"
             raise StateError(msg) from exc
-        rows = self.rows(fast_keys)
+        self.set_rows_columns(self.rows(fast_keys), names, succ, fail, version, last)
+
+    def set_rows_columns(
+        self,
+        rows: IntArray,
+        arm_names: Sequence[str],
+        successes: ArrayLike,
+        failures: ArrayLike,
+        version: ArrayLike,
+        last_event_ms: ArrayLike,
+    ) -> None:
+        """Set the states of many existing ``rows`` that list the same arms, as columns.
+
+        ``successes`` / ``failures`` have one row per row and one column per name in
+        ``arm_names`` (the key's active arms; unknown names become new columns). Equals
+        :meth:`set_key_state` per key.
+        """
+        if not arm_names:
+            msg = "a Thompson state needs at least one arm"
+            raise StateError(msg)
+        cols = np.array(
+            [self._col[n] if n in self._col else self._add_column(n) for n in arm_names],
+            dtype=np.int64,
+        )
         self._init_rows(rows)
         arr = self._arr
+        at = (rows[:, None], cols[None, :])
         arr["active"][rows] = False
-        arr["active"][rows, :k] = True
-        arr["successes"][rows, :k] = succ
-        arr["failures"][rows, :k] = fail
+        arr["active"][at] = True
+        arr["successes"][at] = successes
+        arr["failures"][at] = failures
         arr["version"][rows] = version
-        arr["last_event_ms"][rows] = last
+        arr["last_event_ms"][rows] = last_event_ms
 
     def export_rows(self, rows: ArrayLike) -> dict[str, np.ndarray]:
         """Copies of the arrays of ``rows`` (fast path for changelog writers)."""

@@ -25,9 +25,10 @@ from processor.kafka.serde import AvroSerde, load_schema_json, strip_logical_typ
 # vectorized pass does not accept as canonical (a truncated value, a varint longer than the type
 # allows, a boolean byte other than 0/1, a negative map block count, invalid UTF-8, trailing bytes)
 # is handed to fastavro for that record alone, so the result — records or the failure reason — is
-# always exactly fastavro's.
+# always exactly fastavro's. A value that ends before its schema's trailing defaulted fields
+# (written before they were added, see processor.kafka.serde) gets their defaults.
 
-_PRIMITIVES = ("boolean", "int", "long", "double", "string")
+_PRIMITIVES = ("boolean", "int", "long", "double", "string", "bytes")
 _PAD = 16
 
 
@@ -64,6 +65,18 @@ def columnar_plan(name: str) -> tuple[tuple[str, tuple[str, Any]], ...] | None:
             return None
         plan.append((f["name"], kind))
     return tuple(plan)
+
+
+@cache
+def _optional_tail(name: str) -> frozenset[str]:
+    """Fields a value of schema ``name`` may end before: the trailing ones with defaults."""
+    fields = load_schema_json(name)["fields"]
+    tail: set[str] = set()
+    for f in reversed(fields):
+        if "default" not in f:
+            break
+        tail.add(f["name"])
+    return frozenset(tail)
 
 
 class Columns:
@@ -120,6 +133,7 @@ def _py(value: Any, kind: tuple[str, Any]) -> Any:
 _SHIFTS = (np.arange(10, dtype=np.uint64) * np.uint64(7)).astype(np.uint64)
 _ARANGE10 = np.arange(10, dtype=np.int64)
 _ARANGE8 = np.arange(8, dtype=np.int64)
+_ARANGE32 = np.arange(32, dtype=np.int64)
 
 
 class _Cursor:
@@ -190,6 +204,12 @@ class _Cursor:
             end = np.where(bad, start, end)
         self.pos[rows] = end
         raw = self.raw
+        constant = self._constant(start, end)
+        if constant is not None:
+            try:
+                return [constant.decode()] * len(rows)
+            except UnicodeDecodeError:
+                pass  # each row is marked bad below
         try:
             return [raw[s:e].decode() for s, e in zip(start.tolist(), end.tolist(), strict=True)]
         except UnicodeDecodeError:
@@ -202,6 +222,21 @@ class _Cursor:
                     out.append("")
             return out
 
+    def _constant(self, start: Any, end: Any) -> bytes | None:
+        """The value when every slice ``start[i]:end[i]`` holds the same short bytes, else None
+        (a column such as a version string or an empty field then costs one comparison)."""
+        if not start.size:
+            return None
+        size = end - start
+        width = int(size[0])
+        if width > 32 or not bool((size == width).all()):
+            return None
+        if width:
+            block = self.buf[start[:, None] + _ARANGE32[None, :width]]
+            if not bool((block == block[0]).all()):
+                return None
+        return self.raw[int(start[0]) : int(start[0]) + width]
+
     def read(self, rows: Any, t: str) -> Any:
         if t == "boolean":
             return self.boolean(rows)
@@ -211,7 +246,23 @@ class _Cursor:
             return self.varint(rows, 10)
         if t == "double":
             return self.double(rows)
+        if t == "bytes":
+            return self.bytes_(rows)
         return np.array(self.string(rows), dtype=object)
+
+    def bytes_(self, rows: Any) -> Any:
+        size = self.varint(rows, 10)
+        start = self.pos[rows]
+        end = start + size
+        bad = (size < 0) | (end > self.ends[rows])
+        if bad.any():
+            self.bad[rows[bad]] = True
+            end = np.where(bad, start, end)
+        self.pos[rows] = end
+        raw = self.raw
+        out = np.empty(len(rows), dtype=object)
+        out[:] = [raw[s:e] for s, e in zip(start.tolist(), end.tolist(), strict=True)]
+        return out
 
     def read_map(self, rows: Any, values_type: str) -> Any:
         maps: list[dict[str, Any]] = [{} for _ in range(len(rows))]
@@ -252,7 +303,7 @@ def _filler(t: str, n: int) -> Any:
     if t == "boolean":
         return np.zeros(n, dtype=np.bool_)
     out = np.empty(n, dtype=object)
-    out[:] = "" if t == "string" else None
+    out[:] = {"string": "", "bytes": b""}.get(t)
     return out
 
 
@@ -293,8 +344,17 @@ def decode_columns(
         return cols, failed
     present = [v if v else b"" for v in values]
     cur = _Cursor(present)
-    rows = np.arange(n, dtype=np.int64)
+    all_rows = np.arange(n, dtype=np.int64)
+    tail = _optional_tail(serde.name)
+    ended = np.zeros(n, dtype=np.bool_)
     for name, (kind, detail) in plan:
+        rows = all_rows
+        if name in tail:
+            ended |= cur.pos == cur.ends
+            if kind == "nullable":
+                rows = all_rows[~ended]
+            else:  # fastavro fills other defaults
+                cur.bad |= ended
         if kind == "prim":
             cols.data[name] = cur.read(rows, detail)
         elif kind == "enum":
@@ -315,7 +375,9 @@ def decode_columns(
             if has.size:
                 col[has] = cur.read_map(has, inner) if t == "map" else cur.read(has, inner)
             cols.data[name] = col
-            cols.null[name] = branch != 1
+            null = np.ones(n, dtype=np.bool_)
+            null[rows] = branch != 1
+            cols.null[name] = null
     cur.bad |= cur.pos != cur.ends
     bad = np.flatnonzero(cur.bad).tolist()
     failures: list[tuple[int, str]] = []

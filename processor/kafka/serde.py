@@ -3,7 +3,8 @@
 Two wire formats:
 
 * **schemaless Avro** (default): the value is the Avro binary body alone; both sides agree on the
-  schema in ``schemas/``.
+  schema in ``schemas/``. Schemas only grow by appending fields with defaults, so a value written
+  before such a field existed ends early and decodes with the field's default.
 * **Confluent wire format** (when a schema registry URL is configured): magic byte ``0``, the
   schema id as a 4-byte big-endian integer, then the Avro body. Writer schemas are looked up by id
   in the registry and resolved against our reader schema, so producers may run a newer
@@ -91,6 +92,23 @@ def parsed_schema(name: str) -> Any:
     return fastavro.parse_schema(strip_logical_types(load_schema_json(name)))
 
 
+@cache
+def legacy_writer_schemas(name: str) -> tuple[Any, ...]:
+    """Earlier shapes of schema ``name``: without its trailing fields that have defaults.
+
+    Longest first. A schemaless value written by an older version that lacked those fields is
+    read with one of these as the writer schema (the reader fills the defaults).
+    """
+    schema = strip_logical_types(load_schema_json(name))
+    fields = schema["fields"]
+    out = []
+    cut = len(fields)
+    while cut > 0 and "default" in fields[cut - 1]:
+        cut -= 1
+        out.append(fastavro.parse_schema({**schema, "fields": fields[:cut]}))
+    return tuple(out)
+
+
 class RegistryClient(Protocol):
     """The part of ``confluent_kafka.schema_registry.SchemaRegistryClient`` we use."""
 
@@ -127,6 +145,7 @@ class AvroSerde:
         self._subject = subject or f"{name}-value"
         self._schema_id: int | None = None
         self._writers: dict[int, Any] = {}
+        self._legacy = legacy_writer_schemas(name)
 
     @property
     def wire_format(self) -> str:
@@ -191,6 +210,8 @@ class AvroSerde:
                 msg = f"unknown magic byte {magic} (expected Confluent wire format)"
                 raise SerializationError(msg, raw=data)
             writer = self._writer_schema(schema_id)
+        if self._registry is None:
+            return self._read_schemaless(data)
         try:
             record = cast(dict[str, Any], fastavro.schemaless_reader(buf, writer, self.schema))
         except Exception as exc:  # fastavro raises many kinds on garbage: all mean "undecodable"
@@ -200,6 +221,28 @@ class AvroSerde:
             msg = f"{len(data) - buf.tell()} trailing bytes after a {self.name} record"
             raise SerializationError(msg, raw=data)
         return record
+
+    def _read_schemaless(self, data: bytes) -> dict[str, Any]:
+        """One schemaless value: the current schema, else an older shape of it (see module)."""
+        reader = fastavro.schemaless_reader
+        buf = io.BytesIO(data)
+        try:
+            record = cast(dict[str, Any], reader(buf, self.schema, None))
+        except Exception as exc:  # fastavro raises many kinds on garbage: all mean "undecodable"
+            error = f"cannot decode {self.name}: {type(exc).__name__}: {exc}"
+        else:
+            if buf.tell() == len(data):
+                return record
+            error = f"{len(data) - buf.tell()} trailing bytes after a {self.name} record"
+        for writer in self._legacy:
+            buf = io.BytesIO(data)
+            try:
+                record = cast(dict[str, Any], reader(buf, writer, self.schema))
+            except Exception:  # not this shape either
+                continue
+            if buf.tell() == len(data):
+                return record
+        raise SerializationError(error, raw=data)
 
     def decode_many(
         self, values: Sequence[bytes | None]
@@ -213,23 +256,7 @@ class AvroSerde:
         records: list[dict[str, Any]] = []
         ok: list[int] = []
         failures: list[tuple[int, str]] = []
-        schemaless = self._registry is None
-        reader = fastavro.schemaless_reader
-        schema = self.schema
         for i, data in enumerate(values):
-            if schemaless and data:
-                buf = io.BytesIO(data)
-                try:
-                    rec = cast(dict[str, Any], reader(buf, schema, None))
-                except Exception as exc:
-                    failures.append((i, f"cannot decode {self.name}: {type(exc).__name__}: {exc}"))
-                    continue
-                if buf.tell() != len(data):
-                    failures.append((i, f"trailing bytes after a {self.name} record"))
-                    continue
-                records.append(rec)
-                ok.append(i)
-                continue
             try:
                 records.append(self.decode(data))  # type: ignore[arg-type]
                 ok.append(i)

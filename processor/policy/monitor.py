@@ -358,16 +358,36 @@ class SafetyState(PerformanceMonitor):
         Raises:
             StateError: Missing or malformed fields.
         """
-        self.ensure_rows(int(rows.max()) + 1 if rows.size else 0)
         try:
-            self.emergency[rows] = [bool(s["emergency"]) for s in states]
+            columns: dict[str, list[Any]] = {"emergency": [bool(s["emergency"]) for s in states]}
             for k in self._FLOAT_FIELDS:
-                self.arrays[k][rows] = [float(s[k]) for s in states]
+                columns[k] = [float(s[k]) for s in states]
             for k in self._INT_FIELDS:
-                self.arrays[k][rows] = [int(s[k]) for s in states]
+                columns[k] = [int(s[k]) for s in states]
         except (KeyError, TypeError, ValueError) as exc:
             msg = f"safety state is malformed: {exc}"
             raise StateError(msg) from exc
+        self.set_rows_columns(rows, columns)
+
+    @property
+    def state_fields(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Names of the (float, int) fields of a row's state, besides ``emergency``."""
+        return self._FLOAT_FIELDS, self._INT_FIELDS
+
+    def get_rows_columns(self, rows: I64) -> dict[str, npt.NDArray[Any]]:
+        """State of ``rows`` as one array per field (``emergency`` and :attr:`state_fields`)."""
+        self.ensure_rows(int(rows.max()) + 1 if rows.size else 0)
+        out: dict[str, npt.NDArray[Any]] = {"emergency": self.emergency[rows]}
+        for k in (*self._FLOAT_FIELDS, *self._INT_FIELDS):
+            out[k] = self.arrays[k][rows]
+        return out
+
+    def set_rows_columns(self, rows: I64, columns: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`get_rows_columns` (one assignment per field)."""
+        self.ensure_rows(int(rows.max()) + 1 if rows.size else 0)
+        self.emergency[rows] = columns["emergency"]
+        for k in (*self._FLOAT_FIELDS, *self._INT_FIELDS):
+            self.arrays[k][rows] = columns[k]
 
     def set_row_state(self, row: int, state: Mapping[str, Any]) -> None:
         """Restore one row from :meth:`get_row_state` output.

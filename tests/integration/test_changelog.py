@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import fastavro
+import numpy as np
 import pytest
 from confluent_kafka import Consumer
 
 from processor.config import config_from_dict
+from processor.engine import PartitionEngine
 from processor.kafka.clients import restore_consumer_factory
-from processor.kafka.serde import AvroSerde
+from processor.kafka.serde import AvroSerde, SerdeRegistry, legacy_writer_schemas
 from processor.state.changelog import encode_state_records, read_changelog
+from processor.state.packing import pack_campaigns
 
 if TYPE_CHECKING:
     from tests.integration.conftest import ProducerFactory, TopicFactory
@@ -115,3 +121,49 @@ def test_restore_skips_aborted_records_and_an_empty_partition(
     producer.abort_transaction(30)
     states, _ = read_changelog(factory, topic, 0, serde, timeout_s=30)
     assert states == {("campaign", "kept"): {"v": 1}}
+
+
+def test_restore_reads_packed_json_and_pre_0_2_records_in_one_partition(
+    bootstrap: str, topic_factory: TopicFactory, producer_factory: ProducerFactory
+) -> None:
+    """A changelog written across an upgrade holds 0.1 records (no state_packed field at all),
+    JSON and packed records; the last one per key wins whatever its form, and a stage restores
+    every key to the state that was written."""
+    topic = topic_factory(partitions=1, config={"cleanup.policy": "compact"})
+    serde = AvroSerde("StateRecord")
+    source = PartitionEngine(config_from_dict({}).replace(state_format="json"), 0, SerdeRegistry())
+    keys = [f"c{i}" for i in range(6)]
+    rows = source.campaigns.rows(keys)
+    source.campaigns.thompson._arr["successes"][rows, 0] = np.arange(6) + 0.5
+    source.campaigns.safety.emergency[rows[::2]] = True
+    want = {k: source.campaigns.get_key_state(k) for k in keys}
+    packed = dict(zip(keys, pack_campaigns(source.campaigns, keys), strict=True))
+    old_schema = legacy_writer_schemas("StateRecord")[0]
+    producer = producer_factory(transactional=True)
+    producer.begin_transaction()
+    for i, key in enumerate(keys):
+        # first a stale value of every key, then its real state in form i % 3
+        for k, value in encode_state_records(serde, [("campaign", key, {"stale": True})]):
+            producer.produce(topic, value, k, partition=0)
+        if i % 3 == 0:  # written by 0.1: the record ends before state_packed
+            buf = io.BytesIO()
+            record = {
+                "key": key,
+                "kind": "campaign",
+                "state_json": json.dumps(want[key]),
+                "processor_version": "0.1.0",
+                "written_at": 0,
+            }
+            fastavro.schemaless_writer(buf, old_schema, record)
+            producer.produce(topic, buf.getvalue(), f"campaign/{key}".encode(), partition=0)
+        else:
+            state = want[key] if i % 3 == 1 else packed[key]
+            for k, value in encode_state_records(serde, [("campaign", key, state)]):
+                producer.produce(topic, value, k, partition=0)
+    producer.commit_transaction(30)
+    states, records = read_changelog(_factory(bootstrap), topic, 0, serde, timeout_s=30)
+    assert records == 12
+    assert [type(states[("campaign", k)]) for k in keys] == [dict, dict, bytes] * 2
+    restored = PartitionEngine(config_from_dict({}), 0, SerdeRegistry())
+    restored.restore_many(states)
+    assert {k: restored.campaigns.get_key_state(k) for k in keys} == want

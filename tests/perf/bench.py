@@ -193,6 +193,11 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
         if not only or "restore" in only:
             results["restore"] = run_restore(bootstrap, work, 1_000_000 // scale)
             print(f"restore: {results['restore']}")
+            # the JSON state of 0.1 (state_format: json), on a tenth of the keys
+            results["restore_json"] = run_restore(
+                bootstrap, work, 100_000 // scale, state_format="json"
+            )
+            print(f"restore (json): {results['restore_json']}")
     if not only or "learning" in only:
         results["learning"] = learning_quality(10_000 if quick else 50_000)
         print(f"learning: {results['learning']}")
@@ -229,9 +234,16 @@ def table(results: dict[str, Any]) -> str:
     if rest:
         lines += [
             "",
-            f"Restore of {rest['keys']:,} keys: {rest['restore_seconds']} s in the stage's "
-            f"restore (start to ready {rest['start_to_ready_seconds']} s).",
+            f"Restore of {rest['keys']:,} keys ({rest['state_format']} state): "
+            f"{rest['restore_seconds']} s in the stage's restore (start to ready "
+            f"{rest['start_to_ready_seconds']} s).",
         ]
+    rest_json = results.get("restore_json")
+    if rest_json:
+        lines[-1] += (
+            f" JSON state (state_format: json), {rest_json['keys']:,} keys: "
+            f"{rest_json['restore_seconds']} s."
+        )
     learn = results.get("learning")
     if learn:
         lines += [

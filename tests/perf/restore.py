@@ -2,7 +2,8 @@
 
 Every key holds the state a campaign has after a few hundred reward events (taken from a real
 :class:`BiddingState`), written as the stage writes it (one StateRecord per key, key
-``campaign/<id>``), spread evenly over the changelog's partitions. Figures: the stage's own
+``campaign/<id>``, packed or JSON per ``state_format``), spread evenly over the changelog's
+partitions. Figures: the stage's own
 ``restore_duration_seconds`` (sum over partitions: read + decode + load into the arrays) and the
 wall time from process start to ``/readyz``.
 """
@@ -21,7 +22,8 @@ from confluent_kafka import Producer
 
 from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import BiddingConfig, BiddingState, BidPolicy, OutcomeBatch
-from processor.state.changelog import encode_state_records
+from processor.state.changelog import StoredState, encode_state_records
+from processor.state.packing import pack_campaigns
 from processor.testing import free_port, wait_for
 from tests.perf.kit import PARTITIONS, spawn, stage_config, stop
 
@@ -60,11 +62,21 @@ def _metric(text: str, name: str) -> float:
 
 
 def run_restore(
-    bootstrap: str, workdir: Path, n_keys: int, python: str | None = None
+    bootstrap: str,
+    workdir: Path,
+    n_keys: int,
+    python: str | None = None,
+    state_format: str = "packed",
 ) -> dict[str, Any]:
     """Fill a changelog with ``n_keys`` keys and time the stage's restore."""
-    config, path = stage_config(bootstrap, workdir, {})
-    state = sample_state()
+    config, path = stage_config(bootstrap, workdir, {}, state_format=state_format)
+    sample = sample_state()
+    json_bytes = len(json.dumps(sample, sort_keys=True, separators=(",", ":")))
+    state: StoredState = sample
+    if state_format == "packed":
+        holder = BiddingState(BiddingConfig())
+        holder.set_key_state("c", sample)
+        state = pack_campaigns(holder, ["c"])[0]
     serde = SerdeRegistry()["StateRecord"]
     t0 = time.monotonic()
     producer = Producer(
@@ -126,7 +138,8 @@ def run_restore(
         stop(proc)
     return {
         "keys": n_keys,
-        "state_json_bytes": len(json.dumps(state, sort_keys=True, separators=(",", ":"))),
+        "state_format": state_format,
+        "state_bytes": len(state) if isinstance(state, bytes) else json_bytes,
         "changelog_fill_seconds": round(fill_s, 2),
         "restore_seconds": round(_metric(text, "bandit_processor_restore_duration_seconds_sum"), 3),
         "restored_keys": int(_metric(text, "bandit_processor_restored_keys_total")),

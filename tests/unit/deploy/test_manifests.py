@@ -8,10 +8,11 @@ from typing import Any
 
 import yaml
 
+from processor import __version__
 from processor.config import AppConfig, config_from_dict
 from tests.unit.deploy.promkit import DEPLOY
 
-IMAGE = "bandit-processor:0.1.0"
+IMAGE = f"bandit-processor:{__version__}"  # manifests name the image of this version
 PORT = AppConfig().metrics_port
 ROOT = DEPLOY.parent
 

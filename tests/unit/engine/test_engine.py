@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from typing import Any
 
@@ -238,8 +239,9 @@ def test_controls_apply_before_rewards_and_bad_ones_are_rejected() -> None:
     assert modes <= {"emergency", "blocked"}
 
 
-def test_dirty_state_round_trips_through_restore() -> None:
-    eng = engine()
+@pytest.mark.parametrize("state_format", ["json", "packed"])
+def test_dirty_state_round_trips_through_restore(state_format: str) -> None:
+    eng = engine(CFG.replace(state_format=state_format))
     rng = np.random.default_rng(3)
     outs = [
         outcome(
@@ -266,16 +268,24 @@ def test_dirty_state_round_trips_through_restore() -> None:
     )
     items = eng.take_dirty()
     assert {k for kind, k, _ in items if kind == "campaign"} == {f"c{i}" for i in range(5)}
+    assert all(
+        isinstance(s, bytes) == (state_format == "packed") for k, _, s in items if k == "campaign"
+    )
     fresh = engine()
-    import json
-
     for kind, key, state in items:
-        fresh.restore(kind, key, json.loads(json.dumps(state)))
-    for kind, key, state in items:
+        fresh.restore(
+            kind, key, state if isinstance(state, bytes) else json.loads(json.dumps(state))
+        )
+    for kind, key, _ in items:
         got = (
             fresh.campaigns.get_key_state(key)
             if kind == "campaign"
             else fresh.ensembles.get_key_state(key)
         )
-        assert json.dumps(got, sort_keys=True) == json.dumps(state, sort_keys=True)
+        want = (
+            eng.campaigns.get_key_state(key)
+            if kind == "campaign"
+            else eng.ensembles.get_key_state(key)
+        )
+        assert json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
     assert fresh.ensembles.snapshot("e1") == eng.ensembles.snapshot("e1")

@@ -15,6 +15,7 @@ from processor.engine import core as engine_core
 from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 from processor.state.changelog import encode_state_records
+from processor.state.packing import campaign_state_dicts, pack_campaigns
 
 SERDES = SerdeRegistry()
 CFG = AppConfig()
@@ -125,22 +126,31 @@ def test_columnar_engine_equals_record_engine(monkeypatch: pytest.MonkeyPatch) -
     assert total_dead > 50
 
 
-def test_batched_campaign_states_equal_per_key_states() -> None:
-    engine = PartitionEngine(CFG, 0, SERDES)
+@pytest.mark.parametrize("state_format", ["json", "packed"])
+def test_batched_campaign_states_equal_per_key_states(state_format: str) -> None:
+    engine = PartitionEngine(CFG.replace(state_format=state_format), 0, SERDES)
     t = CFG.topics
     engine.process({t.bid_outcomes: _batch(t.bid_outcomes, _outcomes(800, 1), 0)})
     keys = sorted(engine.dirty_campaigns)
     engine.campaigns.thompson.remove_arm("aggressive", keys[1])
     engine.campaigns.set_emergency(keys[2], True)
     batched = engine._campaign_states(keys)
-    assert batched == [("campaign", k, engine.campaigns.get_key_state(k)) for k in keys]
-    assert json.dumps(batched) == json.dumps(
-        [("campaign", k, engine.campaigns.get_key_state(k)) for k in keys]
-    )
+    expected = [("campaign", k, engine.campaigns.get_key_state(k)) for k in keys]
+    if state_format == "packed":
+        assert all(isinstance(s, bytes) for _, _, s in batched)
+        blobs = [s for _, _, s in batched]
+        assert isinstance(blobs[0], bytes)
+        dicts = campaign_state_dicts(blobs)  # type: ignore[arg-type]
+        assert [("campaign", k, d) for k, d in zip(keys, dicts, strict=True)] == expected
+        assert json.dumps(dicts) == json.dumps([s for _, _, s in expected])
+        return
+    assert batched == expected
+    assert json.dumps(batched) == json.dumps(expected)
 
 
-def test_restore_many_equals_key_by_key_restore() -> None:
-    source = PartitionEngine(CFG, 0, SERDES)
+@pytest.mark.parametrize("state_format", ["json", "packed", "mixed"])
+def test_restore_many_equals_key_by_key_restore(state_format: str) -> None:
+    source = PartitionEngine(CFG.replace(state_format="json"), 0, SERDES)
     t = CFG.topics
     source.process({t.bid_outcomes: _batch(t.bid_outcomes, _outcomes(800, 2), 0)})
     keys = sorted(source.dirty_campaigns)
@@ -152,6 +162,13 @@ def test_restore_many_equals_key_by_key_restore() -> None:
     odd["thompson"]["failures"].append(2.0)
     states[("campaign", "odd")] = odd
     states[("campaign", "late")] = states[("campaign", keys[4])]
+    if state_format != "json":
+        # the packed form of the very same states (for "mixed", every other one)
+        holder = PartitionEngine(CFG, 0, SERDES)
+        holder.restore_many(states)
+        for i, (kind, key) in enumerate(list(states)):
+            if state_format == "packed" or i % 2:
+                states[(kind, key)] = pack_campaigns(holder.campaigns, [key])[0]
     one, many = PartitionEngine(CFG, 0, SERDES), PartitionEngine(CFG, 0, SERDES)
     many.campaigns.row(keys[5])  # an existing row is overwritten, not duplicated
     one.campaigns.row(keys[5])
@@ -175,15 +192,20 @@ def test_state_records_bytes_equal_fastavro(now: int) -> None:
         ("ensemble", "é" * 100, {"x": "☃"}),
         ("campaign", "", {}),
     ]
+    items += [("campaign", "p-1", b"\x01packed"), ("campaign", "p-2", bytes(range(256)) * 3)]
     got = encode_state_records(serde, items, now)
     for (key, value), (kind, ident, state) in zip(got, items, strict=True):
+        packed = isinstance(state, bytes)
         expected = serde.encode(
             {
                 "key": ident,
                 "kind": kind,
-                "state_json": json.dumps(state, sort_keys=True, separators=(",", ":")),
+                "state_json": ""
+                if packed
+                else json.dumps(state, sort_keys=True, separators=(",", ":")),
                 "processor_version": __version__,
                 "written_at": now,
+                "state_packed": state if packed else None,
             }
         )
         assert value == expected

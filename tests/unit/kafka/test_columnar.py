@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import re
 import string
 from typing import Any
 
+import fastavro
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processor.kafka.columnar import columnar_plan, decode_columns, encode_columns
-from processor.kafka.serde import SerdeRegistry, load_schema_json, strip_logical_types
+from processor.kafka.serde import (
+    SerdeRegistry,
+    legacy_writer_schemas,
+    load_schema_json,
+    strip_logical_types,
+)
 
 SERDES = SerdeRegistry()
 _ADDR = re.compile(r" at 0x[0-9a-f]+")
@@ -38,6 +45,8 @@ def _value(t: Any) -> st.SearchStrategy[Any]:
         return DOUBLES
     if t == "boolean":
         return st.booleans()
+    if t == "bytes":
+        return st.binary(max_size=80)
     if isinstance(t, list):
         return st.one_of(*[st.none() if x == "null" else _value(x) for x in t])
     if t["type"] == "map":
@@ -96,6 +105,34 @@ def test_every_input_schema_has_a_columnar_plan() -> None:
 def test_valid_records_decode_exactly_like_fastavro(data: st.DataObject, name: str) -> None:
     records = data.draw(st.lists(_records(name), min_size=1, max_size=12))
     _check(name, [SERDES[name].encode(r) for r in records])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(_records("StateRecord"), min_size=1, max_size=12), data=st.data())
+def test_values_written_before_a_trailing_field_existed_get_its_default(
+    records: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    # StateRecord gained state_packed (default null) in 0.2: a 0.1 value simply ends earlier
+    old_schema = legacy_writer_schemas("StateRecord")[0]
+    old_flags = [data.draw(st.booleans()) for _ in records]
+    values: list[bytes | None] = []
+    for rec, old in zip(records, old_flags, strict=True):
+        buf = io.BytesIO()
+        if old:
+            fastavro.schemaless_writer(buf, old_schema, {**rec, "state_packed": None})
+            values.append(buf.getvalue())
+        else:
+            values.append(SERDES["StateRecord"].encode(rec))
+    _check("StateRecord", values)
+    decoded = decode_columns(SERDES["StateRecord"], values)
+    assert decoded is not None
+    cols, failures = decoded
+    assert failures == []
+    for i, (rec, old) in enumerate(zip(records, old_flags, strict=True)):
+        want = None if old else rec["state_packed"]
+        assert SERDES["StateRecord"].decode(values[i])["state_packed"] == want  # type: ignore[arg-type]
+        assert cols.record(i)["state_packed"] == want
+        assert cols.record(i)["state_json"] == rec["state_json"]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
