@@ -91,7 +91,7 @@ STATE_KEYS = Gauge(
 )
 RESTORE_SECONDS = Histogram(
     "bandit_processor_restore_duration_seconds",
-    "Time to restore one partition from the changelog.",
+    "Time to restore the partitions assigned together from the changelog.",
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
     registry=REGISTRY,
 )

@@ -358,8 +358,9 @@ class KeyTable:
             if missing:
                 self._new_rows([keys[i] for i in missing])
                 row_of = self._row
-                for i in missing:
-                    out[i] = row_of[keys[i]]
+                out[missing] = np.fromiter(
+                    (row_of[keys[i]] for i in missing), dtype=np.int64, count=len(missing)
+                )
         return out
 
     def _row_or_create(self, key: str) -> int:

@@ -489,24 +489,24 @@ class PartitionEngine:
         packed: list[bytes] = []
         json_keys: list[str] = []
         json_states: list[Mapping[str, Any]] = []
+        others: list[tuple[str, str, StoredState]] = []
         for (kind, key), state in states.items():
             if kind != "campaign":
-                continue
-            if isinstance(state, bytes):
+                others.append((kind, key, state))
+            elif type(state) is bytes:
                 packed_keys.append(key)
                 packed.append(state)
             else:
                 json_keys.append(key)
-                json_states.append(state)
+                json_states.append(state)  # type: ignore[arg-type]  # not bytes: a mapping
         if json_keys and packed_keys:  # new rows in the given order, as key by key
             self.campaigns.rows([key for kind, key in states if kind == "campaign"])
         if json_keys:
             self.campaigns.set_key_states(json_keys, json_states)
         if packed_keys:
             restore_campaigns(self.campaigns, packed_keys, packed)
-        for (kind, key), state in states.items():
-            if kind != "campaign":
-                self.restore(kind, key, state)
+        for kind, key, state in others:
+            self.restore(kind, key, state)
 
     def key_count(self) -> tuple[int, int]:
         """Number of (campaign, ensemble) keys held."""

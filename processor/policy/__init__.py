@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from processor.policy.batches import (
     MODES,
     DecisionBatch,
@@ -26,7 +28,19 @@ from processor.policy.bidding import (
 )
 from processor.policy.hashing import request_uniforms, seed_for
 from processor.policy.safety import VIOLATION_NAMES, PerformanceMonitor, SafetyConstraints
-from processor.policy.simulator import MarketSimulator, run_closed_loop
+
+if TYPE_CHECKING:
+    from processor.policy.simulator import MarketSimulator, run_closed_loop
+
+
+def __getattr__(name: str) -> Any:
+    # The simulator pulls in scipy.stats (~1 s of imports); the stage never needs it.
+    if name in ("MarketSimulator", "run_closed_loop"):
+        from processor.policy import simulator
+
+        return getattr(simulator, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
 
 __all__ = [
     "GUARDRAIL_NAMES",

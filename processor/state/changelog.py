@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -138,82 +138,124 @@ def read_changelog(
     serde: AvroSerde,
     timeout_s: float = 60.0,
 ) -> tuple[dict[tuple[str, str], StoredState], int]:
-    """Read committed changelog partition ``partition`` to its end.
+    """Read committed changelog partition ``partition`` to its end (see :func:`iter_changelog`).
+
+    Returns:
+        ``({(kind, key): state}, records read)``.
+    """
+    ((_, states, records),) = iter_changelog(consumer_factory, topic, [partition], serde, timeout_s)
+    return states, records
+
+
+def iter_changelog(
+    consumer_factory: Callable[..., Consumer],
+    topic: str,
+    partitions: Sequence[int],
+    serde: AvroSerde,
+    timeout_s: float = 60.0,
+) -> Iterator[tuple[int, dict[tuple[str, str], StoredState], int]]:
+    """Read committed changelog partitions to their ends; yield each as soon as it is complete.
+
+    One consumer fetches every partition, so librdkafka keeps fetching the others while a
+    finished one is decoded and loaded by the caller.
 
     Args:
         consumer_factory: Makes a read_committed consumer; called with
             ``**{"isolation.level": "read_uncommitted"}`` it must make one that is not.
 
-    Returns:
-        ``({(kind, key): state}, records read)``; the last record per key wins and tombstones
-        delete.
+    Yields:
+        ``(partition, {(kind, key): state}, records read)`` once per partition (empty ones
+        first); the last record per key wins and tombstones delete. A state is a dict (JSON) or
+        packed campaign bytes.
 
-    The end is the *high watermark* when the restore starts, read with ``read_uncommitted``, and
-    the records are read ``read_committed`` until ``position() >= end`` (transaction markers leave
-    offset gaps). A read_committed watermark would be the last stable offset instead, and right
-    after the previous owner's ``commit_transaction()`` returns its commit markers may not be
-    written yet: the LSO still stands before its records, and a restore that stopped there would
-    miss that owner's last committed state while the group's committed offsets already include
-    it. Waiting for the high watermark also waits for a dead owner's open transaction to be
-    aborted (at most ``transaction.timeout.ms``).
+    The end of a partition is its *high watermark* when the restore starts, read with
+    ``read_uncommitted``, and the records are read ``read_committed`` until
+    ``position() >= end`` (transaction markers leave offset gaps). A read_committed watermark
+    would be the last stable offset instead, and right after the previous owner's
+    ``commit_transaction()`` returns its commit markers may not be written yet: the LSO still
+    stands before its records, and a restore that stopped there would miss that owner's last
+    committed state while the group's committed offsets already include it. Waiting for the high
+    watermark also waits for a dead owner's open transaction to be aborted (at most
+    ``transaction.timeout.ms``).
     """
-    tp = TopicPartition(topic, partition)
     probe = consumer_factory(**{"isolation.level": "read_uncommitted"})
     try:
-        low, high = probe.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        ends = {}
+        for p in partitions:
+            low, high = probe.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=timeout_s, cached=False
+            )
+            ends[p] = (low, high)
     finally:
         probe.close()
+    todo = {p: high for p, (low, high) in ends.items() if high > low}
+    for p in partitions:
+        if p not in todo:
+            yield p, {}, 0
+    if not todo:
+        return
     consumer = consumer_factory()
     try:
-        states: dict[tuple[str, str], StoredState] = {}
-        if high <= low:
-            return states, 0
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
         deadline = time.monotonic() + timeout_s
-        records = 0
-        latest: dict[bytes | None, bytes | None] = {}
-        while True:
+        records = dict.fromkeys(todo, 0)
+        latest: dict[int, dict[bytes | None, bytes | None]] = {p: {} for p in todo}
+        while todo:
             msgs = consumer.consume(num_messages=10000, timeout=0.1)
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        records -= 1
                         continue
                     raise KafkaException(err)
-                latest[msg.key()] = msg.value()
-            records += len(msgs)
-            position = consumer.position([tp])[0].offset
-            if position >= high:
-                break
-            if time.monotonic() > deadline:
-                where = f"{topic}[{partition}]"
-                msg_ = f"changelog {where} restore did not reach offset {high} in {timeout_s}s"
-                raise StateError(msg_)
-        latest.pop(None, None)
-        values = [value for key, value in latest.items() if key is not None and value is not None]
-        decoded = decode_columns(serde, values)
-        if decoded is None or decoded[1]:
-            # registry wire format, or an undecodable record: one at a time (the error names it)
-            for key, value in latest.items():
-                if key is not None and value is not None:
-                    ident = parse_changelog_key(key)
-                    states[ident] = _load_state(ident, serde.decode, value)
-            return states, records
-        columns = decoded[0]
-        # the record's own kind and key equal its Kafka key's (the writer derives one from the
-        # other); reading them from the decoded columns spares parsing a million keys
-        idents = zip(columns.data["kind"].tolist(), columns.data["key"].tolist(), strict=True)
-        texts = columns.data["state_json"].tolist()
-        packed = columns.data["state_packed"].tolist()
-        is_json = columns.null["state_packed"].tolist()
-        loads = json.loads
-        for ident, text, blob, from_json in zip(idents, texts, packed, is_json, strict=True):
-            try:
-                states[ident] = loads(text) if from_json else blob
-            except ValueError as exc:
-                why = f"corrupt changelog record for {ident}: {exc}"
-                raise StateError(why) from exc
-        return states, records
+                part: int = msg.partition()  # type: ignore[assignment]  # set on fetched messages
+                latest[part][msg.key()] = msg.value()
+                records[part] += 1
+            positions = consumer.position([TopicPartition(topic, p) for p in todo])
+            for tp in positions:
+                if tp.offset >= todo[tp.partition]:
+                    del todo[tp.partition]
+                    consumer.pause([tp])
+                    done = latest[tp.partition]
+                    latest[tp.partition] = {}  # anything fetched beyond the end is not restored
+                    yield tp.partition, _decode_states(serde, done), records[tp.partition]
+            if todo and time.monotonic() > deadline:
+                where = ", ".join(f"{topic}[{p}] to offset {end}" for p, end in todo.items())
+                why = f"changelog restore did not reach {where} in {timeout_s}s"
+                raise StateError(why)
     finally:
         consumer.close()
+
+
+def _decode_states(
+    serde: AvroSerde, latest: dict[bytes | None, bytes | None]
+) -> dict[tuple[str, str], StoredState]:
+    """States of one partition's last record per Kafka key (tombstones and keyless skipped)."""
+    states: dict[tuple[str, str], StoredState] = {}
+    values = [value for key, value in latest.items() if key is not None and value is not None]
+    decoded = decode_columns(serde, values)
+    if decoded is None or decoded[1]:
+        # registry wire format, or an undecodable record: one at a time (the error names it)
+        for key, value in latest.items():
+            if key is not None and value is not None:
+                ident = parse_changelog_key(key)
+                states[ident] = _load_state(ident, serde.decode, value)
+        return states
+    columns = decoded[0]
+    # the record's own kind and key equal its Kafka key's (the writer derives one from the
+    # other); reading them from the decoded columns spares parsing a million keys
+    idents = zip(columns.data["kind"].tolist(), columns.data["key"].tolist(), strict=True)
+    texts = columns.data["state_json"].tolist()
+    packed = columns.data["state_packed"].tolist()
+    is_json = columns.null["state_packed"].tolist()
+    if not any(is_json):  # all packed (the default): one C-level dict build
+        states.update(zip(idents, packed, strict=True))
+        return states
+    loads = json.loads
+    for ident, text, blob, from_json in zip(idents, texts, packed, is_json, strict=True):
+        try:
+            states[ident] = loads(text) if from_json else blob
+        except ValueError as exc:
+            why = f"corrupt changelog record for {ident}: {exc}"
+            raise StateError(why) from exc
+    return states
