@@ -38,6 +38,7 @@ from confluent_kafka import (
 from processor import metrics
 from processor.config import AppConfig
 from processor.engine import EngineOutputs, PartitionEngine, SourceBatch
+from processor.engine.requests import decide_requests
 from processor.errors import ProcessorError, TransactionError
 from processor.kafka.clients import (
     make_admin,
@@ -294,15 +295,30 @@ class Stage:
             return
         if self.txn is not None:
             self.txn.begin()
-        total = EngineOutputs()
+        now_ms = int(time.time() * 1000)
         for p, batches in by_partition.items():
-            out = self.engines[p].process(batches)
-            self._produce(p, out)
-            total.extend(out)
             for topic, source in batches.items():
                 self.offsets[(topic, p)] = source.offsets[-1] + 1
                 metrics.EVENTS_CONSUMED.labels(topic).inc(len(source))
                 self._events_since_commit += len(source)
+        # Per partition: controls, rewards and trades first (the engine), then the requests of
+        # every partition in one pass (decoded and encoded once, decided per partition).
+        requests_topic = self.config.topics.bid_requests
+        requests = {
+            p: batches.pop(requests_topic)
+            for p, batches in by_partition.items()
+            if requests_topic in batches
+        }
+        outs = {
+            p: self.engines[p].process(batches, now_ms) if batches else EngineOutputs()
+            for p, batches in by_partition.items()
+        }
+        if requests:
+            decide_requests(self.engines, requests, outs, now_ms)
+        total = EngineOutputs()
+        for p, out in outs.items():
+            self._produce(p, out)
+            total.extend(out)
         self._pending_latency.extend(total.decision_event_ms)
         self._record(total)
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)

@@ -8,11 +8,7 @@ then reward events, then decisions. Decisions therefore see every reward of thei
 
 from __future__ import annotations
 
-from processor.engine.core import (
-    DeadLetter,
-    EngineOutputs,
-    PartitionEngine,
-    SourceBatch,
-)
+from processor.engine.core import PartitionEngine
+from processor.engine.outputs import DeadLetter, EngineOutputs, SourceBatch
 
 __all__ = ["DeadLetter", "EngineOutputs", "PartitionEngine", "SourceBatch"]

@@ -5,39 +5,33 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from processor import __version__
 from processor.config import AppConfig
+from processor.engine import outputs
 from processor.engine.controls import apply_control
 from processor.engine.ensembles import EnsembleTable
+from processor.engine.outputs import DeadLetter, EngineOutputs, SourceBatch
+from processor.engine.requests import decide_requests
 from processor.engine.trades import process_trades
 from processor.errors import StateError
-from processor.kafka.columnar import Columns, decode_columns, encode_columns
+from processor.kafka.columnar import Columns, decode_columns
 from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import (
     BiddingState,
     BidPolicy,
-    DecisionBatch,
     OutcomeBatch,
-    RequestBatch,
 )
-from processor.policy.safety import GUARDRAIL_NAMES
 from processor.state.changelog import StoredState
 from processor.state.packing import pack_campaigns, restore_campaigns
 
 logger = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
-# Below this many records per partition and batch, record-by-record fastavro beats the columnar
-# codecs' ~1 ms fixed cost (measured; small batches are what a latency-bound stage sees).
-_MIN_VECTORIZED = 64
 
 # Fields whose strings are bounded by ``limits.max_string_length`` per record type.
 _STRING_FIELDS: dict[str, tuple[str, ...]] = {
@@ -65,82 +59,6 @@ _KEY_FIELD = {
     "TradeOutcome": "ensemble_id",
     "ControlCommand": "key",
 }
-
-
-@dataclass
-class SourceBatch:
-    """Raw messages of one topic-partition, in offset order."""
-
-    topic: str
-    partition: int
-    keys: list[bytes | None] = field(default_factory=list)
-    values: list[bytes | None] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def append(self, key: bytes | None, value: bytes | None, offset: int) -> None:
-        """Add one message."""
-        self.keys.append(key)
-        self.values.append(value)
-        self.offsets.append(offset)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A rejected input record and why (becomes a DeadLetter Avro record)."""
-
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    key: bytes | None
-    value: bytes | None
-    error_class: str
-    reason: str
-
-    def to_record(self, now_ms: int) -> dict[str, Any]:
-        """The DeadLetter schema's dict."""
-        return {
-            "source_topic": self.source_topic,
-            "source_partition": self.source_partition,
-            "source_offset": self.source_offset,
-            "key": self.key,
-            "value": self.value,
-            "error_class": self.error_class,
-            "reason": self.reason,
-            "processor_version": __version__,
-            "dead_lettered_at": now_ms,
-        }
-
-
-@dataclass
-class EngineOutputs:
-    """What one batch produced: encoded outputs plus counts for metrics."""
-
-    decisions: list[tuple[bytes, bytes]] = field(default_factory=list)
-    decision_event_ms: list[int] = field(default_factory=list)
-    weights: list[tuple[bytes, bytes]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    rewards_applied: int = 0
-    trades_applied: int = 0
-    controls_applied: int = 0
-    modes: Counter[str] = field(default_factory=Counter)
-    guardrails: Counter[str] = field(default_factory=Counter)
-    arms_chosen: Counter[str] = field(default_factory=Counter)
-
-    def extend(self, other: EngineOutputs) -> None:
-        """Merge another batch's outputs into this one."""
-        self.decisions.extend(other.decisions)
-        self.decision_event_ms.extend(other.decision_event_ms)
-        self.weights.extend(other.weights)
-        self.dead_letters.extend(other.dead_letters)
-        self.rewards_applied += other.rewards_applied
-        self.trades_applied += other.trades_applied
-        self.controls_applied += other.controls_applied
-        self.modes.update(other.modes)
-        self.guardrails.update(other.guardrails)
-        self.arms_chosen.update(other.arms_chosen)
 
 
 class PartitionEngine:
@@ -241,7 +159,7 @@ class PartitionEngine:
         if any(v is not None and len(v) > max_bytes for v in values):
             # rare: keep the record path's exact handling of oversize messages
             return None
-        decoded = decode_columns(self.serdes[schema], values, min_vectorized=_MIN_VECTORIZED)
+        decoded = decode_columns(self.serdes[schema], values, min_vectorized=outputs.MIN_VECTORIZED)
         if decoded is None:
             return None
         cols, failures = decoded
@@ -289,7 +207,7 @@ class PartitionEngine:
         out.dead_letters.append(
             DeadLetter(
                 source.topic,
-                source.partition,
+                source.partition_of(i),
                 source.offsets[i],
                 source.keys[i],
                 source.values[i],
@@ -378,63 +296,8 @@ class PartitionEngine:
             out.weights.append(self._encode_weights(key))
 
     def _requests(self, source: SourceBatch, out: EngineOutputs, now_ms: int) -> None:
-        columnar = self._decode_columns(source, "BidRequest", out)
-        if columnar is not None:
-            cols, rows = columnar
-            if not rows.size:
-                return
-            batch = RequestBatch.from_columns(cols, rows)
-            idx: list[int] = rows.tolist()
-        else:
-            records, idx = self._decode(source, "BidRequest", out)
-            if not records:
-                return
-            batch = RequestBatch.from_records(records)
-        reasons = self.policy.validate_requests(batch)
-        bad = np.array([r is not None for r in reasons], dtype=bool)
-        for j in np.flatnonzero(bad).tolist():
-            self._dead(out, source, idx[j], "value", str(reasons[j]))
-        if bad.all():
-            return
-        good = batch.take(np.flatnonzero(~bad)) if bad.any() else batch
-        decisions = self.policy.decide(good, self.campaigns, decided_at_ms=now_ms)
-        self._emit_decisions(decisions, out)
-        out.decision_event_ms.extend(good.event_time.tolist())
-
-    def _emit_decisions(self, decisions: DecisionBatch, out: EngineOutputs) -> None:
-        """Encode decisions column-wise (same bytes as per-record encoding) and count them."""
-        serde = self.serdes["BidDecision"]
-        n = len(decisions)
-        masks = decisions.guardrails.tolist()
-        names_of: dict[int, list[str]] = {}
-        for m in set(masks):
-            names_of[m] = [g for i, g in enumerate(GUARDRAIL_NAMES) if m >> i & 1]
-        campaign_ids = decisions.campaign_id.tolist()
-        arms = decisions.arm.tolist()
-        modes = decisions.mode_names().tolist()
-        columns = {
-            "request_id": decisions.request_id.tolist(),
-            "campaign_id": campaign_ids,
-            "arm": arms,
-            "bid_amount": decisions.bid_amount,
-            "budget": decisions.budget,
-            "propensity": decisions.propensity,
-            "confidence": decisions.confidence,
-            "mode": modes,
-            "guardrails": [names_of[m] for m in masks],
-            "policy_version": decisions.policy_version,
-            "event_time": decisions.event_time,
-            "decided_at": decisions.decided_at,
-        }
-        values = encode_columns(serde, columns, n) if n >= _MIN_VECTORIZED else None
-        if values is None:
-            values = [serde.encode(rec) for rec in decisions.to_records()]
-        out.decisions.extend(zip([c.encode() for c in campaign_ids], values, strict=True))
-        out.modes.update(Counter(modes))
-        out.arms_chosen.update(Counter(arms))
-        for m, count in Counter(masks).items():
-            for g in names_of[m]:
-                out.guardrails[g] += count
+        p = source.partition
+        decide_requests({p: self}, {p: source}, {p: out}, now_ms)
 
     def _encode_weights(self, key: str) -> tuple[bytes, bytes]:
         return key.encode(), self.serdes["EnsembleWeights"].encode(self.ensembles.snapshot(key))

@@ -49,6 +49,7 @@ from processor.policy.hashing import (
     STREAM_BID_JITTER,
     STREAM_BUDGET_JITTER,
     STREAM_REWARD,
+    request_uniform_streams,
     request_uniforms,
 )
 from processor.policy.safety import (
@@ -381,12 +382,16 @@ class BidPolicy:
         props = np.asarray(ts.propensities(rows), dtype=np.float64) if n else np.zeros((0, 1))
         greedy, _ = ts.select_deterministic(rows)
         greedy = np.asarray(greedy, dtype=np.int64)
+        # the ids are hashed once for every stream a decision may use
+        u_arm, u_bid, u_budget = request_uniform_streams(
+            cfg.seed, ids, (STREAM_ARM, STREAM_BID_JITTER, STREAM_BUDGET_JITTER)
+        )
         if deterministic:
             arm = greedy.copy()
             propensity = np.ones(n)
             mode = np.full(n, M_EXPLOIT, dtype=np.int64)
         else:
-            arm_s, prop_s = ts.select(rows, request_uniforms(cfg.seed, ids, STREAM_ARM))
+            arm_s, prop_s = ts.select(rows, u_arm)
             arm = np.asarray(arm_s, dtype=np.int64)
             propensity = np.asarray(prop_s, dtype=np.float64)
             mode = np.where(arm == greedy, M_EXPLOIT, M_EXPLORE)
@@ -407,12 +412,10 @@ class BidPolicy:
         bid = requests.base_bid * bid_mult[arm]
         budget = requests.base_budget * budget_mult[arm]
         if exploring.any():
-            bid = bid * np.where(
-                exploring, self._jitter(ids, STREAM_BID_JITTER, cfg.explore_bid_jitter), 1.0
-            )
-            budget = budget * np.where(
-                exploring, self._jitter(ids, STREAM_BUDGET_JITTER, cfg.explore_budget_jitter), 1.0
-            )
+            bid_jitter = 1.0 + cfg.explore_bid_jitter * (2.0 * u_bid - 1.0)
+            budget_jitter = 1.0 + cfg.explore_budget_jitter * (2.0 * u_budget - 1.0)
+            bid = bid * np.where(exploring, bid_jitter, 1.0)
+            budget = budget * np.where(exploring, budget_jitter, 1.0)
         bid, budget, exhausted, mask2 = clamp_money(
             self.safety,
             bid=bid,
@@ -453,10 +456,6 @@ class BidPolicy:
     def validate_outcomes(outcomes: OutcomeBatch, state: BiddingState) -> npt.NDArray[Any]:
         """Same as the module-level :func:`validate_outcomes`."""
         return validate_outcomes(outcomes, state)
-
-    def _jitter(self, ids: npt.NDArray[Any], stream: int, width: float) -> F64:
-        u = request_uniforms(self.config.seed, ids, stream)
-        return 1.0 + width * (2.0 * u - 1.0)
 
     def rewards(self, outcomes: OutcomeBatch) -> tuple[F64, B]:
         """Reward and success per outcome (event ``success`` > event ``reward`` > definition)."""

@@ -9,6 +9,7 @@ first fetches) are a warm-up and are not counted.
 from __future__ import annotations
 
 import io
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -90,6 +91,7 @@ def run_latency(
         )
         lat: list[float] = []
         warm: list[float] = []
+        to_decision: list[float] = []
         sent = 0
         started = time.monotonic()
         chunk = max(1, int(rate / 500))
@@ -109,13 +111,19 @@ def run_latency(
                     continue
                 d = fastavro.schemaless_reader(io.BytesIO(msg.value()), decision_schema, None)
                 ms = time.time() * 1000 - d["event_time"]  # type: ignore[call-overload,index]
-                (warm if time.monotonic() - started < WARMUP_S else lat).append(ms)
+                if time.monotonic() - started < WARMUP_S:
+                    warm.append(ms)
+                else:
+                    lat.append(ms)
+                    # event → the stage's decision (input path + loop), then → visible here
+                    to_decision.append(d["decided_at"] - d["event_time"])  # type: ignore[call-overload,index]
             received = len(lat) + len(warm)
             if sent >= total and received >= total:
                 break
             if now - started > seconds + 60:
                 break
         achieved = sent / max(1e-9, time.monotonic() - started)
+        inside = _stage_view(port)
     finally:
         reader.close()
         producer.flush(30)
@@ -132,5 +140,30 @@ def run_latency(
         "p50_ms": round(float(np.percentile(arr, 50)), 2),
         "p99_ms": round(float(np.percentile(arr, 99)), 2),
         "max_ms": round(float(arr.max()), 2),
+        "to_decision_p50_ms": round(float(np.percentile(to_decision or [0], 50)), 2),
+        "to_decision_p99_ms": round(float(np.percentile(to_decision or [0], 99)), 2),
         "stage_exit": code,
+        **inside,
     }
+
+
+def _stage_view(port: int) -> dict[str, Any]:
+    """Where the stage's own time went (its histograms, whole run): loops and commits."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, Any] = {}
+    for name, label in (
+        ("batch_duration_seconds", "batch"),
+        ("commit_duration_seconds", "commit"),
+        ("decision_latency_seconds", "decision_latency"),
+    ):
+        total = _sample(text, f"bandit_processor_{name}_sum")
+        count = _sample(text, f"bandit_processor_{name}_count")
+        out[f"stage_{label}s"] = int(count)
+        out[f"stage_{label}_mean_ms"] = round(1000 * total / count, 2) if count else None
+    return out
+
+
+def _sample(text: str, name: str) -> float:
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0

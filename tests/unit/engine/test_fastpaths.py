@@ -10,8 +10,10 @@ import pytest
 
 from processor import __version__
 from processor.config import AppConfig
-from processor.engine import PartitionEngine, SourceBatch
+from processor.engine import EngineOutputs, PartitionEngine, SourceBatch
 from processor.engine import core as engine_core
+from processor.engine import outputs as engine_outputs
+from processor.engine import requests as engine_requests
 from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 from processor.state.changelog import encode_state_records
@@ -80,8 +82,10 @@ def _requests(n: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
     return out
 
 
-def _batch(topic: str, pairs: list[tuple[bytes | None, bytes | None]], first: int) -> SourceBatch:
-    sb = SourceBatch(topic, 0)
+def _batch(
+    topic: str, pairs: list[tuple[bytes | None, bytes | None]], first: int, partition: int = 0
+) -> SourceBatch:
+    sb = SourceBatch(topic, partition)
     for j, (k, v) in enumerate(pairs):
         sb.append(k, v, first + j)
     return sb
@@ -90,7 +94,7 @@ def _batch(topic: str, pairs: list[tuple[bytes | None, bytes | None]], first: in
 def _run(slow: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
     if slow:
         monkeypatch.setattr(engine_core, "decode_columns", lambda *a, **k: None)
-        monkeypatch.setattr(engine_core, "encode_columns", lambda *a: None)
+        monkeypatch.setattr(engine_requests, "encode_columns", lambda *a: None)
     engine = PartitionEngine(CFG, 0, SERDES)
     t = CFG.topics
     outs = []
@@ -220,7 +224,7 @@ def test_small_batches_take_the_record_path_with_the_same_results(
     reqs = _requests(300, 4)
     results = []
     for threshold in (0, 10**9):
-        monkeypatch.setattr(engine_core, "_MIN_VECTORIZED", threshold)
+        monkeypatch.setattr(engine_outputs, "MIN_VECTORIZED", threshold)
         engine = PartitionEngine(CFG, 0, SERDES)
         outs = []
         for first in range(0, 300, 30):
@@ -242,3 +246,43 @@ def test_small_batches_take_the_record_path_with_the_same_results(
         )
     assert results[0] == results[1]
     assert sum(len(d) for d in results[0][0]) > 200
+
+
+@pytest.mark.parametrize("threshold", [64, 0, 10**9])
+def test_requests_of_several_partitions_in_one_pass_equal_each_partition_alone(
+    monkeypatch: pytest.MonkeyPatch, threshold: int
+) -> None:
+    """The stage decides every partition's requests of a loop in one pass; per partition the
+    decisions (bytes and order), dead letters and counts are those of the partition alone."""
+    monkeypatch.setattr(engine_outputs, "MIN_VECTORIZED", threshold)
+    t = CFG.topics
+    parts = [0, 3, 5]
+    alone = {p: PartitionEngine(CFG, p, SERDES) for p in parts}
+    together = {p: PartitionEngine(CFG, p, SERDES) for p in parts}
+    for step in range(3):
+        rewards = {p: _outcomes(200, 10 * step + p) for p in parts}
+        requests = {p: _requests(40 + 90 * p, 10 * step + p) for p in parts}
+        now = 1_700_000_100_000 + step
+        expected = {}
+        for p in parts:
+            sources = {
+                t.bid_outcomes: _batch(t.bid_outcomes, rewards[p], 0, p),
+                t.bid_requests: _batch(t.bid_requests, requests[p], 0, p),
+            }
+            expected[p] = alone[p].process(sources, now_ms=now)
+        outs = {p: EngineOutputs() for p in parts}
+        for p in parts:
+            outs[p] = together[p].process(
+                {t.bid_outcomes: _batch(t.bid_outcomes, rewards[p], 0, p)}, now_ms=now
+            )
+        engine_requests.decide_requests(
+            together, {p: _batch(t.bid_requests, requests[p], 0, p) for p in parts}, outs, now
+        )
+        for p in parts:
+            a, b = expected[p], outs[p]
+            assert b.decisions == a.decisions, p
+            assert b.dead_letters == a.dead_letters, p
+            assert {d.source_partition for d in b.dead_letters} <= {p}
+            assert b.decision_event_ms == a.decision_event_ms
+            assert (b.modes, b.arms_chosen, b.guardrails) == (a.modes, a.arms_chosen, a.guardrails)
+            assert len(a.decisions) > 0 and len(a.dead_letters) > 0
