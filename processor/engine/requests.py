@@ -21,7 +21,7 @@ import numpy as np
 
 from processor.engine import outputs
 from processor.engine.outputs import EngineOutputs, MergedSource, SourceBatch
-from processor.kafka.columnar import encode_columns
+from processor.kafka.columnar_encode import encode_columns
 from processor.policy.batches import DecisionBatch, RequestBatch
 from processor.policy.safety import GUARDRAIL_NAMES
 

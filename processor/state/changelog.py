@@ -24,7 +24,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from processor import __version__
 from processor.errors import StateError
-from processor.kafka.columnar import avro_long, decode_columns
+from processor.kafka.columnar import decode_columns
+from processor.kafka.columnar_encode import avro_long
 from processor.kafka.serde import AvroSerde
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processor.kafka.columnar import columnar_plan, decode_columns, encode_columns
+from processor.kafka.columnar import columnar_plan, decode_columns
+from processor.kafka.columnar_encode import encode_columns
 from processor.kafka.serde import (
     SerdeRegistry,
     legacy_writer_schemas,
