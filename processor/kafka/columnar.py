@@ -193,7 +193,8 @@ class _Cursor:
         self.pos[rows] = pos + 1
         return b == 1
 
-    def string(self, rows: Any) -> list[str]:
+    def _spans(self, rows: Any) -> tuple[Any, Any]:
+        """``(start, end)`` of the length-prefixed values (string, bytes) at ``rows``' cursors."""
         size = self.varint(rows, 10)
         start = self.pos[rows]
         end = start + size
@@ -202,6 +203,10 @@ class _Cursor:
             self.bad[rows[bad]] = True
             end = np.where(bad, start, end)
         self.pos[rows] = end
+        return start, end
+
+    def string(self, rows: Any) -> list[str]:
+        start, end = self._spans(rows)
         raw = self.raw
         constant = self._constant(start, end)
         if constant is not None:
@@ -250,14 +255,7 @@ class _Cursor:
         return np.array(self.string(rows), dtype=object)
 
     def bytes_(self, rows: Any) -> Any:
-        size = self.varint(rows, 10)
-        start = self.pos[rows]
-        end = start + size
-        bad = (size < 0) | (end > self.ends[rows])
-        if bad.any():
-            self.bad[rows[bad]] = True
-            end = np.where(bad, start, end)
-        self.pos[rows] = end
+        start, end = self._spans(rows)
         raw = self.raw
         out = np.empty(len(rows), dtype=object)
         out[:] = [raw[s:e] for s, e in zip(start.tolist(), end.tolist(), strict=True)]
