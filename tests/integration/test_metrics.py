@@ -101,7 +101,8 @@ def test_scrape_a_running_stage(bootstrap: str, tmp_path: Path) -> None:
     assert value("bandit_processor_restoring_partitions") == 0
     assert value("bandit_processor_ready") == 1
     assert value("bandit_processor_up") == 1
-    assert value("bandit_processor_restore_duration_seconds_count") == PARTITIONS
+    # one restore pass for the partitions assigned together (a single instance: all of them)
+    assert value("bandit_processor_restore_duration_seconds_count") == 1
     shares = [v for (n, _), v in samples.items() if n == "bandit_processor_arm_selection_ratio"]
     assert shares and abs(sum(shares) - 1.0) < 1e-9
     for name in (

@@ -3,9 +3,9 @@
 Every key holds the state a campaign has after a few hundred reward events (taken from a real
 :class:`BiddingState`), written as the stage writes it (one StateRecord per key, key
 ``campaign/<id>``, packed or JSON per ``state_format``), spread evenly over the changelog's
-partitions. Figures: the stage's own
-``restore_duration_seconds`` (sum over partitions: read + decode + load into the arrays) and the
-wall time from process start to ``/readyz``.
+partitions. Figures: the stage's own ``restore_duration_seconds`` (one restore pass over every
+partition: read + decode + load into the arrays) and the wall time from process start to
+``/readyz``.
 """
 
 from __future__ import annotations
