@@ -163,7 +163,7 @@ def test_arm_refresh_is_rate_limited() -> None:
 def test_exposition_passes_promtool_and_follows_naming_conventions() -> None:
     metrics.EVENTS_CONSUMED.labels("bid-requests").inc(5)
     metrics.DEAD_LETTERS.labels("decode").inc()
-    metrics.DECISION_LATENCY.observe(0.02)
+    metrics.DECISION_LATENCY.observe_many([0.02, 0.3])
     metrics.TRANSACTIONS.labels("committed").inc()
     metrics.GUARDRAILS.labels("budget_risk").inc()
     metrics.DECISIONS.labels("explore").inc()
@@ -184,3 +184,29 @@ def test_arm_label_caps_the_label_set(monkeypatch: pytest.MonkeyPatch) -> None:
     labels = {metrics.arm_label(unique_name("arm")) for _ in range(metrics.MAX_ARM_SERIES + 5)}
     assert "_other" in labels
     assert len(labels) <= metrics.MAX_ARM_SERIES + 1
+
+
+def test_array_histogram_exposes_what_a_histogram_of_the_same_values_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from processor.metrics_families import ArrayHistogram
+
+    bounds = (0.001, 0.01, 0.1, 0.15, 1.0, 10.0)
+    rng = np.random.default_rng(4)
+    # exact bucket bounds land in their own bucket (le is inclusive); 0 and 100 at the ends
+    values = np.concatenate([rng.exponential(0.2, 2000), bounds, [0.0, 100.0]])
+    plain, batched = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram("x_seconds", "doc", buckets=bounds, registry=plain)
+    for v in values:
+        reference.observe(float(v))
+    hist = ArrayHistogram("x_seconds", "doc", buckets=bounds, registry=batched)
+    hist.observe_many(values[:700])
+    hist.observe_many(np.zeros(0))
+    hist.observe_many(values[700:])
+    want = generate_latest(plain).decode().splitlines()
+    got = generate_latest(batched).decode().splitlines()
+    assert [line for line in got if "_sum" not in line] == [
+        line for line in want if "_sum" not in line
+    ]
+    (got_sum,) = (float(line.split()[-1]) for line in got if line.startswith("x_seconds_sum"))
+    assert got_sum == pytest.approx(float(values.sum()), rel=1e-12)
