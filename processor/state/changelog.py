@@ -163,6 +163,7 @@ def iter_changelog(
     Args:
         consumer_factory: Makes a read_committed consumer; called with
             ``**{"isolation.level": "read_uncommitted"}`` it must make one that is not.
+        timeout_s: Longest wait for the next partition to complete (:class:`StateError` after).
 
     Yields:
         ``(partition, {(kind, key): state}, records read)`` once per partition (empty ones
@@ -220,6 +221,8 @@ def iter_changelog(
                     done = latest[tp.partition]
                     latest[tp.partition] = {}  # anything fetched beyond the end is not restored
                     yield tp.partition, _decode_states(serde, done), records[tp.partition]
+                    # the time the caller took to load it does not count against the others
+                    deadline = time.monotonic() + timeout_s
             if todo and time.monotonic() > deadline:
                 where = ", ".join(f"{topic}[{p}] to offset {end}" for p, end in todo.items())
                 why = f"changelog restore did not reach {where} in {timeout_s}s"

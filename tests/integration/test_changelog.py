@@ -17,7 +17,7 @@ from processor.config import config_from_dict
 from processor.engine import PartitionEngine
 from processor.kafka.clients import restore_consumer_factory
 from processor.kafka.serde import AvroSerde, SerdeRegistry, legacy_writer_schemas
-from processor.state.changelog import encode_state_records, read_changelog
+from processor.state.changelog import encode_state_records, iter_changelog, read_changelog
 from processor.state.packing import pack_campaigns
 
 if TYPE_CHECKING:
@@ -167,3 +167,27 @@ def test_restore_reads_packed_json_and_pre_0_2_records_in_one_partition(
     restored = PartitionEngine(config_from_dict({}), 0, SerdeRegistry())
     restored.restore_many(states)
     assert {k: restored.campaigns.get_key_state(k) for k in keys} == want
+
+
+def test_iter_changelog_yields_every_partition_once_with_its_own_state(
+    bootstrap: str, topic_factory: TopicFactory, producer_factory: ProducerFactory
+) -> None:
+    topic = topic_factory(partitions=3, config={"cleanup.policy": "compact"})
+    serde = AvroSerde("StateRecord")
+    producer = producer_factory(transactional=True)
+    producer.begin_transaction()
+    for p in (0, 2):  # partition 1 stays empty
+        items = [("campaign", f"p{p}-c{i}", {"p": p, "i": i}) for i in range(200 * (p + 1))]
+        for key, value in encode_state_records(serde, items):
+            producer.produce(topic, value, key, partition=p)
+    producer.commit_transaction(30)
+    seen = list(iter_changelog(_factory(bootstrap), topic, [0, 1, 2], serde, timeout_s=30))
+    assert sorted(p for p, _, _ in seen) == [0, 1, 2]
+    by_partition = {p: (states, records) for p, states, records in seen}
+    assert by_partition[1] == ({}, 0)
+    for p in (0, 2):
+        states, records = by_partition[p]
+        assert records == 200 * (p + 1)
+        assert states == {
+            ("campaign", f"p{p}-c{i}"): {"p": p, "i": i} for i in range(200 * (p + 1))
+        }
