@@ -352,15 +352,24 @@ class KeyTable:
     def rows(self, keys: Sequence[str], create: bool = True) -> IntArray:
         """Row per key; new keys get fresh rows (or -1 when ``create`` is false)."""
         get = self._row.get
-        out = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        if self._row:
+            out = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        else:
+            out = np.full(len(keys), -1, dtype=np.int64)
         if create:
-            missing = np.flatnonzero(out < 0).tolist()
-            if missing:
-                self._new_rows([keys[i] for i in missing])
-                row_of = self._row
-                out[missing] = np.fromiter(
-                    (row_of[keys[i]] for i in missing), dtype=np.int64, count=len(missing)
-                )
+            missing = np.flatnonzero(out < 0)
+            if missing.size:
+                new_keys = [keys[i] for i in missing.tolist()]
+                before = len(self._keys)
+                self._new_rows(new_keys)
+                if len(self._keys) - before == len(new_keys):
+                    # all distinct: they got consecutive rows in their order
+                    out[missing] = np.arange(before, len(self._keys), dtype=np.int64)
+                else:
+                    row_of = self._row
+                    out[missing] = np.fromiter(
+                        (row_of[k] for k in new_keys), dtype=np.int64, count=len(new_keys)
+                    )
         return out
 
     def _row_or_create(self, key: str) -> int:

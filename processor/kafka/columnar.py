@@ -151,8 +151,8 @@ class _Cursor:
         """Zig-zag varints at ``rows``' cursors (advanced); overlong ones mark rows bad.
 
         A column of one-byte varints (string lengths, small counts, enum indexes) costs one
-        gather; otherwise a window of ``max_bytes`` bytes per row is decoded at once (a fixed
-        dozen numpy operations, whatever the lengths: small batches pay little per field).
+        gather; otherwise a window of 3, else ``max_bytes``, bytes per row is decoded at once (a
+        fixed dozen numpy operations, whatever the lengths: small batches pay little per field).
         """
         pos = self.pos[rows]
         first = self.buf[np.minimum(pos, self.limit)]
@@ -161,12 +161,17 @@ class _Cursor:
             length: Any = np.ones(len(rows), dtype=np.int64)
             last = first
         else:
-            window = self.buf[np.minimum(pos[:, None] + _ARANGE10[None, :max_bytes], self.limit)]
-            stop = window < 0x80
+            # most multi-byte varints are short (lengths, counts): try a 3-byte window first
+            for width in (min(3, max_bytes), max_bytes):
+                window = self.buf[np.minimum(pos[:, None] + _ARANGE10[None, :width], self.limit)]
+                stop = window < 0x80
+                ends = stop.any(axis=1)
+                if width == max_bytes or bool(ends.all()):
+                    break
             length = np.argmax(stop, axis=1) + 1
-            length[~stop.any(axis=1)] = 0
-            used = _ARANGE10[None, :max_bytes] < length[:, None]
-            groups = (window & 0x7F).astype(np.uint64) << _SHIFTS[None, :max_bytes]
+            length[~ends] = 0
+            used = _ARANGE10[None, :width] < length[:, None]
+            groups = (window & 0x7F).astype(np.uint64) << _SHIFTS[None, :width]
             raw = np.bitwise_or.reduce(np.where(used, groups, np.uint64(0)), axis=1)
             last = window[np.arange(len(rows)), np.maximum(length - 1, 0)]
         bad = length == 0
