@@ -36,7 +36,15 @@ from processor.errors import ConfigError, ProcessorError
 from processor.kafka.clients import make_admin
 from processor.kafka.serde import SerdeRegistry
 from processor.kafka.topics import create_topics, partition_counts
-from processor.testing import BOOTSTRAP_ENV, LOCAL_KAFKA_SCRIPT, acquire_broker, free_port, wait_for
+from processor.testing import (
+    BOOTSTRAP_ENV,
+    LOCAL_KAFKA_SCRIPT,
+    acquire_broker,
+    free_port,
+    stage_ready,
+    stop_process,
+    wait_for,
+)
 
 ROOT = LOCAL_KAFKA_SCRIPT.parent.parent.parent
 RUN_DIR = LOCAL_KAFKA_SCRIPT.parent / "run" / "demo"
@@ -248,17 +256,6 @@ def _start(cmd: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     )
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-    return int(proc.returncode)
-
-
 def run_demo(bootstrap: str, seconds: float, rate: float, partitions: int, port: int) -> int:
     """Run stage and simulator against ``bootstrap``; returns the stage's exit code."""
     interval = _env_number("DEMO_INTERVAL", 2.0, 0.5)
@@ -318,8 +315,8 @@ def run_demo(bootstrap: str, seconds: float, rate: float, partitions: int, port:
         if tail is not None:
             tail.close()
         if sim is not None:
-            _stop(sim)
-        code = _stop(stage)
+            stop_process(sim)
+        code = stop_process(stage)
         stage_log.close()
         sim_log.close()
     print("simulator report:")
@@ -332,11 +329,7 @@ def _ready(stage: subprocess.Popen[bytes], port: int) -> bool:
     if stage.poll() is not None:
         msg = f"the stage exited with {stage.returncode}; see {RUN_DIR / 'stage.log'}"
         raise ProcessorError(msg)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+    return stage_ready(port)
 
 
 def _read(path: Path) -> list[str]:

@@ -23,11 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -140,6 +142,27 @@ def unique_name(prefix: str) -> str:
         The name.
     """
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
+    """SIGTERM, wait up to ``timeout_s``, SIGKILL if it hangs; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+    return int(proc.returncode)
+
+
+def stage_ready(port: int, host: str = "127.0.0.1") -> bool:
+    """True when the stage's ``/readyz`` on ``port`` answers 200 (False while unreachable)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def wait_for(

@@ -14,11 +14,8 @@ from typing import Any
 import numpy as np
 
 from processor.errors import SerializationError
+from processor.kafka.columnar import _ARANGE10, _PRIMITIVES, _SHIFTS
 from processor.kafka.serde import AvroSerde, load_schema_json, strip_logical_types
-
-_PRIMITIVES = ("boolean", "int", "long", "double", "string", "bytes")
-_SHIFTS = (np.arange(10, dtype=np.uint64) * np.uint64(7)).astype(np.uint64)
-_ARANGE10 = np.arange(10, dtype=np.int64)
 
 _SMALL_LEN = [bytes([2 * i]) for i in range(64)]
 

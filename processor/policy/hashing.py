@@ -125,8 +125,7 @@ def request_uniforms(
         >>> bool(u[0] == u[2]) and bool(0.0 <= u[1] < 1.0)
         True
     """
-    h = request_hashes(seed, request_ids, stream)
-    return (h >> _SHIFT11).astype(np.float64) * _INV_2_53
+    return request_uniform_streams(seed, request_ids, [stream])[0]
 
 
 def request_uniform_streams(

@@ -341,12 +341,7 @@ class SafetyState(PerformanceMonitor):
 
     def get_row_states(self, rows: I64) -> list[dict[str, Any]]:
         """:meth:`get_row_state` of many rows, with one array read per field."""
-        self.ensure_rows(int(rows.max()) + 1 if rows.size else 0)
-        columns: dict[str, list[Any]] = {"emergency": [bool(x) for x in self.emergency[rows]]}
-        for k in self._FLOAT_FIELDS:
-            columns[k] = [float(x) for x in self.arrays[k][rows].tolist()]
-        for k in self._INT_FIELDS:
-            columns[k] = [int(x) for x in self.arrays[k][rows].tolist()]
+        columns = {k: v.tolist() for k, v in self.get_rows_columns(rows).items()}
         names = list(columns)
         return [
             dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)

@@ -26,7 +26,7 @@ from processor.kafka.clients import make_admin
 from processor.kafka.serde import SerdeRegistry
 from processor.kafka.topics import create_topics
 from processor.state.changelog import read_changelog
-from processor.testing import free_port, unique_name, wait_for
+from processor.testing import free_port, stage_ready, stop_process, unique_name, wait_for
 
 SERDES = SerdeRegistry()
 
@@ -90,11 +90,7 @@ class StageProcess:
         if self.proc.poll() is not None:
             msg = f"stage exited with {self.proc.returncode}:\n{self.log_tail()}"
             raise AssertionError(msg)
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return stage_ready(self.port)
 
     def wait_ready(self, timeout: float = 60.0) -> StageProcess:
         wait_for(self.ready, timeout=timeout, description="stage /readyz")
@@ -111,14 +107,7 @@ class StageProcess:
 
     def stop(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        return int(self.proc.returncode)
+        return stop_process(self.proc, timeout)
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -24,7 +24,7 @@ from typing import Any
 
 from processor.policy.bidding import BiddingConfig, BidPolicy
 from processor.policy.simulator import MarketSimulator, run_closed_loop
-from processor.testing import acquire_broker, unique_name
+from processor.testing import acquire_broker, stop_process, unique_name
 from tests.perf import inputs
 from tests.perf.kit import (
     PARTITIONS,
@@ -33,7 +33,6 @@ from tests.perf.kit import (
     prefill,
     spawn,
     stage_config,
-    stop,
     watch_drain,
 )
 from tests.perf.latency import run_latency
@@ -96,7 +95,7 @@ def _contender(
     try:
         res = watch_drain(bootstrap, group, ends, proc, timeout_s)
     finally:
-        code = stop(proc)
+        code = stop_process(proc)
     out = {
         "events": res.events,
         "seconds": round(res.seconds, 3),

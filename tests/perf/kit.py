@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import signal
+import re
 import subprocess
 import sys
 import time
@@ -186,16 +186,10 @@ def spawn(
     )
 
 
-def stop(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
-    """SIGTERM, wait, SIGKILL if it hangs; returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-    return int(proc.returncode)
+def metric_value(text: str, name: str) -> float:
+    """First sample of ``name`` in a Prometheus text exposition (NaN when absent)."""
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else float("nan")
 
 
 def machine() -> dict[str, Any]:

@@ -9,7 +9,6 @@ first fetches) are a warm-up and are not counted.
 from __future__ import annotations
 
 import io
-import re
 import time
 import urllib.request
 from pathlib import Path
@@ -21,18 +20,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from processor.kafka.serde import SerdeRegistry, parsed_schema
 from processor.policy.simulator import MarketSimulator
-from processor.testing import free_port, unique_name, wait_for
-from tests.perf.kit import PARTITIONS, spawn, stage_config, stop
+from processor.testing import free_port, stage_ready, stop_process, unique_name, wait_for
+from tests.perf.kit import PARTITIONS, metric_value, spawn, stage_config
 
 WARMUP_S = 3.0
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 def run_latency(
@@ -85,7 +76,7 @@ def run_latency(
         }
     )
     try:
-        wait_for(lambda: _ready(port), timeout=120, description="stage ready")
+        wait_for(lambda: stage_ready(port), timeout=120, description="stage ready")
         reader.assign(
             [TopicPartition(config.topics.bid_decisions, p, 0) for p in range(PARTITIONS)]
         )
@@ -127,7 +118,7 @@ def run_latency(
     finally:
         reader.close()
         producer.flush(30)
-        code = stop(proc)
+        code = stop_process(proc)
     arr = np.asarray(lat) if lat else np.zeros(1)
     return {
         "guarantee": guarantee,
@@ -157,13 +148,9 @@ def _stage_view(port: int) -> dict[str, Any]:
         ("commit_duration_seconds", "commit"),
         ("decision_latency_seconds", "decision_latency"),
     ):
-        total = _sample(text, f"bandit_processor_{name}_sum")
-        count = _sample(text, f"bandit_processor_{name}_count")
-        out[f"stage_{label}s"] = int(count)
-        out[f"stage_{label}_mean_ms"] = round(1000 * total / count, 2) if count else None
+        total = metric_value(text, f"bandit_processor_{name}_sum")
+        count = metric_value(text, f"bandit_processor_{name}_count")
+        n = int(count) if count > 0 else 0  # NaN when not exposed
+        out[f"stage_{label}s"] = n
+        out[f"stage_{label}_mean_ms"] = round(1000 * total / n, 2) if n else None
     return out
-
-
-def _sample(text: str, name: str) -> float:
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else 0.0

@@ -11,7 +11,6 @@ partition: read + decode + load into the arrays) and the wall time from process 
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.request
 from pathlib import Path
@@ -24,8 +23,8 @@ from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import BiddingConfig, BiddingState, BidPolicy, OutcomeBatch
 from processor.state.changelog import StoredState, encode_state_records
 from processor.state.packing import pack_campaigns
-from processor.testing import free_port, wait_for
-from tests.perf.kit import PARTITIONS, spawn, stage_config, stop
+from processor.testing import free_port, stage_ready, stop_process, wait_for
+from tests.perf.kit import PARTITIONS, metric_value, spawn, stage_config
 
 
 def sample_state() -> dict[str, Any]:
@@ -54,11 +53,6 @@ def sample_state() -> dict[str, Any]:
     )
     BidPolicy(cfg).observe(batch, state)
     return state.get_key_state("c")
-
-
-def _metric(text: str, name: str) -> float:
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else float("nan")
 
 
 def run_restore(
@@ -122,26 +116,23 @@ def run_restore(
         python,
     )
 
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
     try:
-        wait_for(ready, timeout=600, interval=0.05, description="stage restored")
+        wait_for(
+            lambda: stage_ready(port), timeout=600, interval=0.05, description="stage restored"
+        )
         wall = time.monotonic() - started
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
     finally:
-        stop(proc)
+        stop_process(proc)
     return {
         "keys": n_keys,
         "state_format": state_format,
         "state_bytes": len(state) if isinstance(state, bytes) else json_bytes,
         "changelog_fill_seconds": round(fill_s, 2),
-        "restore_seconds": round(_metric(text, "bandit_processor_restore_duration_seconds_sum"), 3),
-        "restored_keys": int(_metric(text, "bandit_processor_restored_keys_total")),
+        "restore_seconds": round(
+            metric_value(text, "bandit_processor_restore_duration_seconds_sum"), 3
+        ),
+        "restored_keys": int(metric_value(text, "bandit_processor_restored_keys_total")),
         "start_to_ready_seconds": round(wall, 3),
     }
