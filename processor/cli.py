@@ -107,7 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the stage (exactly once by default)")
+    run = sub.add_parser(
+        "run",
+        help="run the stage (exactly once by default)",
+        description="Run the stage until SIGTERM / SIGINT. Broker outages are waited out.",
+        epilog="exit codes: 0 clean stop; 2 configuration error, missing ACL or failed "
+        "authentication; 3 fatal Kafka error (fenced by another instance, or the producer could "
+        "not be recovered); 4 processing failed again and again on the same input (the log "
+        "names its topic, partition and offset)",
+    )
     _common(run)
     run.add_argument(
         "--instance-id",

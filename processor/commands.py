@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from processor import metrics
-from processor.app import Stage
 from processor.config import AppConfig
 from processor.engine import PartitionEngine
 from processor.kafka.clients import InstanceClaim, make_admin, restore_consumer_factory
 from processor.kafka.serde import SerdeRegistry
 from processor.kafka.topics import create_topics, partition_counts
+from processor.runtime import Stage
 from processor.state.changelog import read_changelog
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def cmd_run(config: AppConfig) -> int:
         config.instance_id,
     )
     health = metrics.Health()
+    health.bind_gauges()
     server = None
     if config.metrics_port is not None:
         server = metrics.serve(config.metrics_port, health)

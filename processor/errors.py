@@ -47,3 +47,7 @@ class TransactionError(ProcessorError):
 
 class TopologyError(ProcessorError):
     """Topics are missing or not co-partitioned."""
+
+
+class KafkaAuthError(ProcessorError):
+    """Kafka refused this principal (missing ACL) or its credentials; retrying cannot help."""

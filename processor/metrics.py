@@ -47,6 +47,7 @@ from processor.metrics_families import (
     GUARDRAILS,
     MAX_ENSEMBLE_SERIES,
     MAX_POSTERIOR_ROWS,
+    PRODUCER_RECOVERIES,
     READY,
     REGISTRY,
     RESTORE_SECONDS,
@@ -56,6 +57,7 @@ from processor.metrics_families import (
     STATE_KEYS,
     TRANSACTIONS,
     UP,
+    WEDGED_PRODUCERS,
 )
 from processor.metrics_http import Health, serve
 from processor.metrics_http import _Handler as _Handler  # private, kept importable
@@ -83,6 +85,7 @@ __all__ = [
     "MAX_ARM_SERIES",
     "MAX_ENSEMBLE_SERIES",
     "MAX_POSTERIOR_ROWS",
+    "PRODUCER_RECOVERIES",
     "READY",
     "REGISTRY",
     "RESTORED_KEYS",
@@ -92,6 +95,7 @@ __all__ = [
     "STATE_KEYS",
     "TRANSACTIONS",
     "UP",
+    "WEDGED_PRODUCERS",
     "GaugeExporter",
     "Health",
     "arm_label",

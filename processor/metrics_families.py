@@ -180,9 +180,27 @@ ASSIGNED_PARTITIONS = Gauge(
     "Input partitions assigned to this instance.",
     registry=REGISTRY,
 )
-UP = Gauge("bandit_processor_up", "1 while the processing loop runs.", registry=REGISTRY)
+UP = Gauge(
+    "bandit_processor_up",
+    "1 while the processing loop is live (it looped, or waited on purpose, within 60 s).",
+    registry=REGISTRY,
+)
 READY = Gauge(
-    "bandit_processor_ready", "1 when every assigned partition is restored.", registry=REGISTRY
+    "bandit_processor_ready",
+    "1 when the loop is live and every assigned partition is restored (as /readyz).",
+    registry=REGISTRY,
+)
+PRODUCER_RECOVERIES = Counter(
+    "bandit_processor_producer_recoveries_total",
+    "Producers replaced by a new one with the same transactional.id, by reason (fatal_error, "
+    "txn_timeout, wedged, retry_budget).",
+    ["reason"],
+    registry=REGISTRY,
+)
+WEDGED_PRODUCERS = Gauge(
+    "bandit_processor_wedged_producers",
+    "Replaced producers still stuck inside a client call (kept until it returns).",
+    registry=REGISTRY,
 )
 RESTORING_PARTITIONS = Gauge(
     "bandit_processor_restoring_partitions",

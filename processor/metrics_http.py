@@ -15,27 +15,44 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processor.metrics_families import REGISTRY
+from processor.metrics_families import READY, REGISTRY, UP
 
 # The endpoint logs under the public module's name (as it did before it got its own module).
 logger = logging.getLogger("processor.metrics")
 
 
 class Health:
-    """Liveness and readiness flags shared by the loop and the HTTP endpoint."""
+    """Liveness and readiness shared by the loop, the HTTP endpoint and the gauges.
 
-    def __init__(self) -> None:
+    ``bandit_processor_up`` and ``bandit_processor_ready`` are computed from this object when
+    they are scraped (see :meth:`bind_gauges`), so they always agree with ``/healthz`` and
+    ``/readyz`` — also while the loop is stuck and cannot update anything.
+    """
+
+    def __init__(self, stall_s: float = 60.0) -> None:
         self.alive = False
         self.ready = False
+        self.reason = "starting"
+        self.stall_s = stall_s
         self.last_loop = 0.0
 
     def beat(self) -> None:
-        """Record that the loop made progress."""
+        """Record that the loop made progress (or is waiting on purpose, e.g. for the broker)."""
         self.last_loop = time.monotonic()
 
-    def is_live(self, stall_s: float = 60.0) -> bool:
+    def is_live(self, stall_s: float | None = None) -> bool:
         """Alive and looped within ``stall_s`` seconds."""
-        return self.alive and time.monotonic() - self.last_loop < stall_s
+        limit = self.stall_s if stall_s is None else stall_s
+        return self.alive and time.monotonic() - self.last_loop < limit
+
+    def is_ready(self) -> bool:
+        """Every assigned partition restored and the loop live."""
+        return self.ready and self.is_live()
+
+    def bind_gauges(self) -> None:
+        """Make ``bandit_processor_up`` / ``_ready`` report this object at scrape time."""
+        UP.set_function(lambda: 1.0 if self.is_live() else 0.0)
+        READY.set_function(lambda: 1.0 if self.is_ready() else 0.0)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -47,10 +64,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             ok = self.health.is_live()
-            self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
+            body = f"ok: {self.health.reason}\n" if ok else "stalled\n"
+            self._send(200 if ok else 503, body.encode(), "text/plain")
         elif path == "/readyz":
-            ok = self.health.ready and self.health.is_live()
-            self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
+            ok = self.health.is_ready()
+            body = "ready\n" if ok else f"not ready: {self.health.reason}\n"
+            self._send(200 if ok else 503, body.encode(), "text/plain")
         else:
             self._send(404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain")
 

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from processor.config import AppConfig, mask_secrets
 from processor.errors import ConfigError
+from processor.kafka.topics import check_topology
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +106,39 @@ def _merge(
     return conf
 
 
+# What co-partitioning needs from the group: the classic protocol with the range assignor
+# puts partition p of every input topic on the same member. A user setting that would change it
+# is refused, not silently overridden.
+_CO_PARTITIONING = {"partition.assignment.strategy": "range", "group.protocol": "classic"}
+
+
+def _refuse_co_partitioning_overrides(config: AppConfig) -> None:
+    for where, settings in (
+        ("kafka.common", config.kafka.common),
+        ("kafka.consumer", config.kafka.consumer),
+    ):
+        for name, needed in _CO_PARTITIONING.items():
+            value = settings.get(name)
+            if value is not None and str(value).strip().lower() != needed:
+                msg = (
+                    f"{where}: {name}={value} is not supported: the stage needs {name}={needed} "
+                    "so that partition p of every input topic lands on the same instance "
+                    "(co-partitioned state); remove the setting"
+                )
+                raise ConfigError(msg)
+
+
 def consumer_config(config: AppConfig, **extra: Any) -> dict[str, Any]:
-    """Settings of the input consumer (group = app id)."""
+    """Settings of the input consumer (group = app id).
+
+    Raises:
+        ConfigError: A pass-through setting would break co-partitioning.
+    """
+    _refuse_co_partitioning_overrides(config)
     base = {
         "bootstrap.servers": config.bootstrap_servers,
         "group.id": config.app_id,
         "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "range",
         "enable.partition.eof": False,
         "fetch.wait.max.ms": min(100, config.commit_interval_ms),
         "queued.max.messages.kbytes": 65536,
@@ -118,7 +146,11 @@ def consumer_config(config: AppConfig, **extra: Any) -> dict[str, Any]:
         "heartbeat.interval.ms": 2000,
         "max.poll.interval.ms": 300000,
     }
-    enforced: dict[str, Any] = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+    enforced: dict[str, Any] = {
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        **_CO_PARTITIONING,
+    }
     if config.exactly_once:
         enforced["isolation.level"] = "read_committed"
     return _merge(base, config.kafka.common, config.kafka.consumer, enforced=enforced, code=extra)
@@ -189,3 +221,16 @@ def make_producer(config: AppConfig, **extra: Any) -> Producer:
 def make_admin(config: AppConfig) -> AdminClient:
     """Create an admin client."""
     return AdminClient(admin_config(config))
+
+
+@dataclass
+class Clients:
+    """How the stage makes its Kafka clients (unit tests of the loop pass fakes)."""
+
+    admin: Callable[[AppConfig], AdminClient] = make_admin
+    consumer: Callable[..., Consumer] = make_consumer
+    producer: Callable[..., Producer] = make_producer
+    restore_consumer_factory: Callable[[AppConfig], Callable[..., Consumer]] = (
+        restore_consumer_factory
+    )
+    topology: Callable[[AdminClient, AppConfig], int] = check_topology

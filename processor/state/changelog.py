@@ -31,6 +31,12 @@ from processor.kafka.serde import AvroSerde
 logger = logging.getLogger(__name__)
 
 KINDS = ("campaign", "ensemble")
+_DENIED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError._AUTHENTICATION,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+}
 
 StoredState: TypeAlias = Mapping[str, Any] | bytes
 """A key's state as read from or written to the changelog: JSON-able, or packed bytes."""
@@ -122,6 +128,13 @@ def _load_state(
         raise StateError(msg) from exc
 
 
+class RestoreTimeoutError(StateError):
+    """A changelog partition did not reach its end in time (e.g. the broker is unreachable).
+
+    Unlike a corrupt record this is transient: the stage backs off and restores again.
+    """
+
+
 @dataclass(frozen=True)
 class RestoreStats:
     """What one partition's restore did."""
@@ -154,6 +167,7 @@ def iter_changelog(
     partitions: Sequence[int],
     serde: AvroSerde,
     timeout_s: float = 60.0,
+    on_progress: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, dict[tuple[str, str], StoredState], int]]:
     """Read committed changelog partitions to their ends; yield each as soon as it is complete.
 
@@ -163,7 +177,10 @@ def iter_changelog(
     Args:
         consumer_factory: Makes a read_committed consumer; called with
             ``**{"isolation.level": "read_uncommitted"}`` it must make one that is not.
-        timeout_s: Longest wait for the next partition to complete (:class:`StateError` after).
+        timeout_s: Longest wait for the next partition to complete (:class:`RestoreTimeoutError`
+            after).
+        on_progress: Called after every fetch (the stage beats its liveness heartbeat here, so a
+            long restore is not mistaken for a stalled loop).
 
     Yields:
         ``(partition, {(kind, key): state}, records read)`` once per partition (empty ones
@@ -184,9 +201,13 @@ def iter_changelog(
     try:
         ends = {}
         for p in partitions:
-            low, high = probe.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=timeout_s, cached=False
-            )
+            try:
+                low, high = probe.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout_s, cached=False
+                )
+            except KafkaException as exc:
+                why = f"cannot read the end offset of {topic}[{p}]: {exc}"
+                raise RestoreTimeoutError(why) from exc
             ends[p] = (low, high)
     finally:
         probe.close()
@@ -204,12 +225,18 @@ def iter_changelog(
         latest: dict[int, dict[bytes | None, bytes | None]] = {p: {} for p in todo}
         while todo:
             msgs = consumer.consume(num_messages=10000, timeout=0.1)
+            if on_progress is not None:
+                on_progress()
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         continue
-                    raise KafkaException(err)
+                    if err.fatal() or err.code() in _DENIED:
+                        raise KafkaException(err)
+                    # e.g. a broker outage or a leader change: keep fetching until the deadline
+                    logger.debug("restore: transient consumer error %s", err.str())
+                    continue
                 part: int = msg.partition()  # type: ignore[assignment]  # set on fetched messages
                 latest[part][msg.key()] = msg.value()
                 records[part] += 1
@@ -226,7 +253,7 @@ def iter_changelog(
             if todo and time.monotonic() > deadline:
                 where = ", ".join(f"{topic}[{p}] to offset {end}" for p, end in todo.items())
                 why = f"changelog restore did not reach {where} in {timeout_s}s"
-                raise StateError(why)
+                raise RestoreTimeoutError(why)
     finally:
         consumer.close()
 

@@ -1,0 +1,410 @@
+"""The streaming stage: consume → handlers → produce, exactly once (DESIGN §5).
+
+One commit cycle (every ``commit_interval_ms`` or ``commit_every_events``) is one Kafka
+transaction holding the cycle's decisions, ensemble weights and dead letters, one changelog record
+per key whose state changed, and the consumed offsets (+1). State of input partition *p* lives in
+a :class:`~processor.engine.PartitionEngine` and in changelog partition *p*; an assigned partition
+is paused until its state is restored.
+
+Nothing is ever committed that was not processed to its end. When a cycle cannot be committed —
+an abortable error, a producer that must be replaced, a bug in a handler, lost partitions — the
+open transaction is aborted (or left to the new producer's ``init_transactions``), every engine
+is dropped, the consumer rewinds to the committed offsets and the state is restored from the
+changelog. README "Faults" lists every failure class and what the stage does about it.
+
+In ``at_least_once`` mode there is no transaction: outputs and changelog are flushed, then offsets
+are committed. After a crash, events since the last offset commit are processed again, so a reward
+can be counted twice and a request answered twice; decisions are visible sooner.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException
+
+from processor import metrics
+from processor.config import AppConfig
+from processor.engine import EngineOutputs, PartitionEngine
+from processor.errors import (
+    ConfigError,
+    KafkaAuthError,
+    ProcessorError,
+    TopologyError,
+    TransactionError,
+)
+from processor.kafka.clients import Clients
+from processor.kafka.serde import SerdeRegistry, make_registry_client
+from processor.kafka.transaction import (
+    AbortRequiredError,
+    ProducerFailedError,
+    ProducerFencedError,
+)
+from processor.runtime.batch import Batch, group_messages, record_metrics, run_engines
+from processor.runtime.commit import CommitCycle
+from processor.runtime.faults import PoisonTracker, StopRequestedError, Waiter, describe
+from processor.runtime.outputs import MAX_WEDGED, OutputProducer
+from processor.runtime.partitions import Partitions
+from processor.runtime.rebalance import RebalanceCallbacks
+from processor.runtime.restore import restore_partitions
+from processor.state.changelog import RestoreTimeoutError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_FATAL = 3
+EXIT_POISON = 4
+
+MAX_RECOVERIES = 5
+"""Producer replacements in a row (no successful commit in between) before the stage gives up."""
+
+
+class Stage(RebalanceCallbacks):
+    """One instance of the stage. ``run()`` blocks until stopped; returns the exit code."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        health: metrics.Health | None = None,
+        kafka: Clients | None = None,
+    ) -> None:
+        self.config = config
+        self.health = health or metrics.Health()
+        self.kafka = kafka or Clients()
+        registry = (
+            make_registry_client(config.schema_registry_url, config.schema_registry)
+            if config.schema_registry_url
+            else None
+        )
+        self.serdes = SerdeRegistry(registry)
+        self.parts = Partitions(config.topics.inputs)
+        self.stopping = threading.Event()
+        self.waiter = Waiter(self.health, self.stopping)
+        self.consumer: Consumer | None = None
+        self.out = OutputProducer(
+            lambda **extra: self.kafka.producer(config, **extra),
+            exactly_once=config.exactly_once,
+            timeout_s=config.operation_timeout_s,
+            retry_budget_s=config.retry_budget_s,
+            transaction_timeout_s=config.transaction_timeout_ms / 1000,
+            stopping=self.stopping,
+        )
+        self.cycle = CommitCycle(config, self.serdes)
+        self.poison = PoisonTracker()
+        self.producer_transactional_id = (
+            f"{config.app_id}-{config.instance_id}" if config.exactly_once else ""
+        )
+        self._last_gauges = 0.0
+        self._current_batch: Batch | None = None
+        self._reset_reason: str | None = None
+        self._producer_failed: ProducerFailedError | None = None
+        self._fatal: BaseException | None = None
+        self._recoveries = 0
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT: finish the batch, commit, close, exit 0."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            logger.info("signal %s: finishing the batch, committing and closing", signum)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        """Run until stopped. Returns 0 on a clean stop, non-zero after a fatal error."""
+        cfg = self.config
+        code = EXIT_OK
+        clean = False
+        try:
+            partitions = self.kafka.topology(self.kafka.admin(cfg), cfg)
+            logger.info(
+                "starting app_id=%s guarantee=%s partitions=%d inputs=%s",
+                cfg.app_id,
+                cfg.processing_guarantee,
+                partitions,
+                ",".join(cfg.topics.inputs),
+            )
+            self.waiter.retry("starting the producer", self.out.start)
+            if cfg.exactly_once:
+                logger.info(
+                    "transactional producer ready (transactional.id %s); any older instance "
+                    "with this id is now fenced",
+                    self.producer_transactional_id,
+                )
+            self.consumer = self.kafka.consumer(cfg)
+            self.consumer.subscribe(
+                list(cfg.topics.inputs),
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            self.health.alive = True
+            code = self._loop()
+            clean = code == EXIT_OK and self._fatal is None
+        except StopRequestedError:
+            logger.info("stopped while waiting; nothing was committed since the last commit")
+        except KafkaAuthError as exc:
+            logger.error("fatal: %s", exc)
+            code = EXIT_CONFIG
+        except (ConfigError, TopologyError) as exc:
+            logger.error("%s", exc)
+            code = EXIT_CONFIG
+        except ProcessorError as exc:
+            logger.error("fatal: %s", exc)
+            code = EXIT_FATAL
+        except Exception as exc:
+            logger.exception("unexpected %s; exiting without committing", type(exc).__name__)
+            code = EXIT_POISON
+        finally:
+            self._close(clean)
+        return code
+
+    def _loop(self) -> int:
+        while not self.stopping.is_set():
+            try:
+                self._step()
+            except StopRequestedError:
+                return EXIT_OK
+            except AbortRequiredError as exc:
+                logger.warning("aborting: %s", exc)
+                self._request_reset(f"abort: {exc}")
+            except ProducerFailedError as exc:
+                logger.warning("producer failed: %s", exc)
+                self._producer_failed = exc
+                self._request_reset(f"producer failed ({exc.reason})")
+            except (ProducerFencedError, KafkaAuthError, ProcessorError) as exc:
+                logger.error("fatal: %s; exiting without committing", exc)
+                self._fatal = exc
+            except Exception as exc:
+                self._on_unexpected(exc)
+            if self._fatal is not None:  # also set by a rebalance callback
+                return self._exit_code(self._fatal)
+        # stopping: commit what was fully processed
+        try:
+            if not self._reset_reason:
+                self._commit()
+        except (AbortRequiredError, ProducerFailedError) as exc:
+            logger.warning("final commit failed (%s); it will be processed again", exc)
+            self._abort_quietly()
+        except Exception as exc:
+            logger.exception("final commit: unexpected %s; nothing committed", type(exc).__name__)
+            self._fatal = exc
+            return EXIT_POISON
+        return EXIT_OK
+
+    @staticmethod
+    def _exit_code(exc: BaseException) -> int:
+        if isinstance(exc, KafkaAuthError):
+            return EXIT_CONFIG
+        if isinstance(exc, ProcessorError):
+            return EXIT_FATAL
+        return EXIT_POISON
+
+    def _step(self) -> None:
+        assert self.consumer is not None
+        self.health.beat()
+        if self._reset_reason is not None:
+            self._reset()
+        if self.parts.pending:
+            self._restore_pending()
+        # after a handler failed, its range is re-read one message at a time (PoisonTracker)
+        n = self.poison.batch_size(self.config.max_batch_events)
+        msgs = self.consumer.consume(n, self.config.poll_timeout_ms / 1000)
+        if self._reset_reason is not None:
+            return  # a rebalance callback inside consume() asked for a reset: handle it first
+        if msgs:
+            self._process(msgs)
+        self.out.poll()
+        if self.cycle.due():
+            self._commit()
+        if time.monotonic() - self._last_gauges >= 1.0:
+            self._export_gauges()
+
+    def _close(self, clean: bool) -> None:
+        self.health.alive = False
+        self.health.ready = False
+        self.health.reason = "stopped"
+        if not clean:
+            # the close below triggers on_revoke: it must not commit anything now
+            self.cycle.open = True
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                logger.warning("consumer close: %s", exc)
+        if not clean:
+            self._abort_quietly()
+        self.out.close(flush=clean)
+
+    # ---- failure handling -------------------------------------------------------------------
+    def _request_reset(self, reason: str) -> None:
+        """Nothing of the open cycle may be committed: reset before the next batch."""
+        self.cycle.discard()
+        self._current_batch = None
+        if self._reset_reason is None:
+            self._reset_reason = reason
+
+    def _abort_quietly(self) -> None:
+        txn = self.out.txn
+        if txn is None or not txn.active or txn.wedged:
+            return
+        try:
+            txn.abort()
+            metrics.TRANSACTIONS.labels("aborted").inc()
+        except (TransactionError, KafkaAuthError) as exc:
+            logger.warning("abort failed: %s", exc)
+
+    def _reset(self) -> None:
+        """Abort (or replace the producer), drop every engine, rewind to the committed offsets;
+        every assigned partition is restored before it resumes. Waits out broker outages."""
+        reason = self._reset_reason
+        self.health.ready = False
+        self.health.reason = f"recovering: {reason}"
+        txn = self.out.txn
+        if self._producer_failed is None and txn is not None and txn.active:
+            try:
+                txn.abort()
+                metrics.TRANSACTIONS.labels("aborted").inc()
+            except ProducerFailedError as exc:
+                logger.warning("abort failed, replacing the producer: %s", exc)
+                self._producer_failed = exc
+        if self._producer_failed is not None:
+            self._replace_producer(self._producer_failed)
+        self.cycle.discard()
+        parts = self.parts.reset()
+        consumer = self.consumer
+        if parts and consumer is not None:
+            tps = self.parts.topic_partitions(parts)
+            consumer.pause(tps)
+            committed = self.waiter.retry(
+                "reading the committed offsets",
+                lambda: consumer.committed(tps, timeout=self.config.operation_timeout_s),
+            )
+            for tp in self.parts.rewind_targets(committed):
+                consumer.seek(tp)
+        logger.info("reset (%s): rewound %d partitions; restoring their state", reason, len(parts))
+        self._reset_reason = None
+
+    def _replace_producer(self, failure: ProducerFailedError) -> None:
+        self._recoveries += 1
+        if self._recoveries > MAX_RECOVERIES:
+            msg = (
+                f"the producer failed {self._recoveries} times without a successful commit in "
+                f"between (last: {failure}); giving up"
+            )
+            raise TransactionError(msg)
+        if self.out.reap() >= MAX_WEDGED:
+            msg = f"{MAX_WEDGED} producers are stuck inside librdkafka; restart the process"
+            raise TransactionError(msg)
+        self.waiter.retry("replacing the producer", lambda: self.out.replace(failure.reason))
+        self._producer_failed = None
+
+    def _on_unexpected(self, exc: Exception) -> None:
+        """A bug or fault outside Kafka's error classes: never commit; find the input."""
+        batch, self._current_batch = self._current_batch, None
+        logger.exception("unexpected %s while processing %s", type(exc).__name__, describe(batch))
+        give_up = self.poison.failed(batch, exc)
+        if give_up is not None:
+            logger.error("%s", give_up)
+            self._fatal = exc
+            return
+        self._request_reset(f"{type(exc).__name__} in a handler")
+
+    # ---- restore ----------------------------------------------------------------------------
+    def _restore_pending(self) -> None:
+        self._update_ready()
+
+        def loaded(p: int, engine: PartitionEngine) -> None:
+            self.parts.engines[p] = engine
+            self.parts.pending.discard(p)
+            if self.consumer is not None:
+                self.consumer.resume(self.parts.topic_partitions([p]))
+
+        try:
+            restore_partitions(
+                self.config,
+                self.serdes,
+                set(self.parts.pending),
+                self.kafka.restore_consumer_factory(self.config),
+                loaded,
+                on_progress=self.health.beat,
+            )
+        except (RestoreTimeoutError, KafkaException) as exc:
+            logger.warning("restore interrupted (%s); retrying", exc)
+            self.waiter.sleep(1.0)
+            return
+        self._update_ready()
+        self.parts.export_gauges()
+
+    # ---- processing -------------------------------------------------------------------------
+    def _process(self, msgs: list[Any]) -> None:
+        started = time.monotonic()
+        assert self.consumer is not None
+        batch = group_messages(
+            msgs, self.parts.engines, self.consumer.seek, lambda text: logger.warning("%s", text)
+        )
+        if not batch:
+            return
+        self._current_batch = batch
+        if self.out.txn is not None:
+            self.out.txn.begin()
+        self.cycle.open = True
+        ends = batch.ends()
+        for (topic, p), end in ends.items():
+            self.parts.first_seen.setdefault((topic, p), batch.sources[p][topic].offsets[0])
+            self.parts.offsets[(topic, p)] = end
+        self.cycle.events += batch.events
+        now_ms = int(time.time() * 1000)
+        outs = run_engines(batch, self.parts.engines, self.config.topics.bid_requests, now_ms)
+        total = EngineOutputs()
+        for p, out in outs.items():
+            self._produce(p, out)
+            total.extend(out)
+        self.cycle.pending_latency.extend(total.decision_event_ms)
+        self.cycle.open = False
+        self._current_batch = None
+        self.poison.passed(ends)
+        record_metrics(batch, total)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+
+    def _produce(self, partition: int, out: EngineOutputs) -> None:
+        topics = self.config.topics
+        self.out.send(topics.bid_decisions, out.decisions, partition)
+        self.out.send(topics.ensemble_weights, out.weights, partition)
+        if out.dead_letters:
+            serde = self.serdes["DeadLetter"]
+            now = int(time.time() * 1000)
+            pairs = [(d.key, serde.encode(d.to_record(now))) for d in out.dead_letters]
+            self.out.send(topics.dead_letters, pairs, None)
+
+    def _commit(self) -> None:
+        assert self.consumer is not None
+        if self.cycle.commit(self.parts, self.out, self.consumer):
+            self._recoveries = 0
+            self.poison.progress()
+        self.parts.export_gauges()
+
+    # ---- gauges -----------------------------------------------------------------------------
+    def _export_gauges(self) -> None:
+        """Refresh the gauges that describe state and progress (about once a second)."""
+        self._last_gauges = time.monotonic()
+        if self.out.abandoned:
+            self.out.reap()
+        self.parts.export_gauges()
+        if self.consumer is not None:
+            try:
+                restored = self.parts.assigned - self.parts.pending
+                metrics.GAUGES.export_lag(self.consumer, set(self.parts.inputs), restored)
+            except KafkaException as exc:
+                # Lag is informational: a failed read (e.g. mid-rebalance) must not stop the loop
+                logger.debug("consumer lag not exported: %s", exc)
+        metrics.GAUGES.export_selection_ratio()
+        metrics.GAUGES.export_arms(self.parts.engines.values())
