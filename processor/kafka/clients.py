@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from processor.config import AppConfig, mask_secrets
 from processor.errors import ConfigError
+from processor.kafka.errors import CLIENT_ERRORS
 from processor.kafka.topics import check_topology
 
 logger = logging.getLogger(__name__)
@@ -206,21 +207,22 @@ def admin_config(config: AppConfig) -> dict[str, Any]:
 
 def make_consumer(config: AppConfig, **extra: Any) -> Consumer:
     """Create a consumer; its settings are logged with secrets masked."""
-    conf = consumer_config(config, **extra)
+    conf = consumer_config(config, **{"error_cb": CLIENT_ERRORS.on_error, **extra})
     logger.debug("consumer settings: %s", mask_secrets(conf))
     return Consumer(conf)
 
 
 def make_producer(config: AppConfig, **extra: Any) -> Producer:
     """Create a producer; its settings are logged with secrets masked."""
-    conf = producer_config(config, **extra)
+    conf = producer_config(config, **{"error_cb": CLIENT_ERRORS.on_error, **extra})
     logger.debug("producer settings: %s", mask_secrets(conf))
     return Producer(conf)
 
 
 def make_admin(config: AppConfig) -> AdminClient:
     """Create an admin client."""
-    return AdminClient(admin_config(config))
+    conf: dict[str, Any] = {**admin_config(config), "error_cb": CLIENT_ERRORS.on_error}
+    return AdminClient(conf)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from processor.config import AppConfig
 from processor.errors import TopologyError
+from processor.kafka.errors import CLIENT_ERRORS, auth_error
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +106,26 @@ def partition_counts(
     try:
         md = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
+        admin.poll(0)  # serves error_cb: was it authentication?
+        denied = CLIENT_ERRORS.auth_failure("reading topic metadata")
+        if denied is not None:
+            raise denied from exc
         msg = f"cannot reach the Kafka cluster to read topic metadata: {exc}"
         raise TopologyError(msg) from exc
     counts = {}
     for name in names:
         topic = md.topics.get(name)
+        if topic is None:
+            # The cluster-wide listing leaves out topics this principal may not describe: ask for
+            # this one by name to tell "missing" from "not authorized".
+            try:
+                topic = admin.list_topics(topic=name, timeout=timeout_s).topics.get(name)
+            except KafkaException:
+                topic = None
+        if topic is not None and topic.error is not None:
+            denied = auth_error(topic.error, f"describing topic {name}")
+            if denied is not None:
+                raise denied
         counts[name] = 0 if topic is None or topic.error is not None else len(topic.partitions)
     return counts
 

@@ -40,19 +40,11 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from processor.errors import KafkaAuthError, TransactionError
+from processor.kafka.errors import AUTH_ERRORS, auth_error, error_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Error codes that mean "not allowed" or "not who you say": retrying cannot help.
-AUTH_ERRORS = {
-    KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
-    KafkaError.GROUP_AUTHORIZATION_FAILED: "consumer group",
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "cluster",
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "transactional id",
-    KafkaError.SASL_AUTHENTICATION_FAILED: "authentication",
-    KafkaError._AUTHENTICATION: "authentication",
-}
 _FENCING = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 _BEGIN = "begin_transaction"
 #: Extra time past a call's own timeout before the call counts as wedged.
@@ -79,30 +71,6 @@ class ProducerFailedError(TransactionError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def error_of(exc: BaseException) -> KafkaError | None:
-    """The :class:`KafkaError` a ``KafkaException`` carries, if any."""
-    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return err if isinstance(err, KafkaError) else None
-
-
-def auth_error(err: KafkaError, what: str) -> KafkaAuthError | None:
-    """A :class:`KafkaAuthError` for an authorization / authentication error, else ``None``."""
-    kind = AUTH_ERRORS.get(err.code())
-    if kind is None:
-        return None
-    if kind == "authentication":
-        msg = (
-            f"{what}: authentication failed ({err.name()}: {err.str()}); check the SASL / TLS "
-            "settings in kafka.common (user, password, mechanism, CA)"
-        )
-    else:
-        msg = (
-            f"{what}: not authorized ({err.name()}: {err.str()}); the principal lacks a {kind} "
-            "ACL — see deploy/README.md 'Least privileges' for what the stage needs"
-        )
-    return KafkaAuthError(msg)
 
 
 @dataclass

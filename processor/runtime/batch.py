@@ -14,7 +14,7 @@ from processor import metrics
 from processor.engine import EngineOutputs, PartitionEngine, SourceBatch
 from processor.engine.requests import decide_requests
 from processor.errors import TransactionError
-from processor.kafka.transaction import auth_error
+from processor.kafka.errors import auth_error
 
 logger = logging.getLogger(__name__)
 

@@ -37,9 +37,15 @@ class Waiter:
     """Sleeps and retries for the stage without going deaf: liveness keeps beating (the stage
     waits on purpose), readiness says what it waits for, and a stop request ends every wait."""
 
-    def __init__(self, health: Health, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        health: Health,
+        stopping: threading.Event,
+        explain: Callable[[str], KafkaAuthError | None] | None = None,
+    ) -> None:
         self.health = health
         self.stopping = stopping
+        self.explain = explain
 
     def sleep(self, seconds: float) -> None:
         """Sleep, beating the heartbeat; :class:`StopRequestedError` when asked to stop."""
@@ -52,7 +58,8 @@ class Waiter:
 
     def retry(self, what: str, fn: Callable[[], T]) -> T:
         """Call ``fn`` until it succeeds, backing off (0.2 s doubling to 5 s) while Kafka is
-        unreachable. Fencing, authorization and configuration errors are not retried."""
+        unreachable. Fencing, authorization and configuration errors are not retried, and
+        neither is a failure that ``explain`` attributes to authentication."""
         delay = 0.2
         attempt = 0
         while True:
@@ -62,6 +69,9 @@ class Waiter:
             except (ProducerFencedError, KafkaAuthError, ConfigError):
                 raise
             except (ProducerFailedError, AbortRequiredError, KafkaException) as exc:
+                denied = self.explain(what) if self.explain is not None else None
+                if denied is not None:
+                    raise denied from exc
                 if self.stopping.is_set():
                     raise StopRequestedError from exc
                 self.health.reason = f"waiting for Kafka: {what} (attempt {attempt})"

@@ -23,13 +23,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from processor import metrics
-from processor.kafka.transaction import (
-    AbortRequiredError,
-    ProducerFailedError,
-    Transactions,
-    auth_error,
-    error_of,
-)
+from processor.kafka.errors import auth_error, error_of
+from processor.kafka.transaction import AbortRequiredError, ProducerFailedError, Transactions
 
 logger = logging.getLogger(__name__)
 

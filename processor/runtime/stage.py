@@ -39,6 +39,7 @@ from processor.errors import (
     TransactionError,
 )
 from processor.kafka.clients import Clients
+from processor.kafka.errors import CLIENT_ERRORS
 from processor.kafka.serde import SerdeRegistry, make_registry_client
 from processor.kafka.transaction import (
     AbortRequiredError,
@@ -85,7 +86,7 @@ class Stage(RebalanceCallbacks):
         self.serdes = SerdeRegistry(registry)
         self.parts = Partitions(config.topics.inputs)
         self.stopping = threading.Event()
-        self.waiter = Waiter(self.health, self.stopping)
+        self.waiter = Waiter(self.health, self.stopping, self._authentication_failed)
         self.consumer: Consumer | None = None
         self.out = OutputProducer(
             lambda **extra: self.kafka.producer(config, **extra),
@@ -251,6 +252,11 @@ class Stage(RebalanceCallbacks):
         self._current_batch = None
         if self._reset_reason is None:
             self._reset_reason = reason
+
+    def _authentication_failed(self, what: str) -> KafkaAuthError | None:
+        """After a failed call: did librdkafka report an authentication error meanwhile?"""
+        self.out.poll()  # serves the producer's error_cb
+        return CLIENT_ERRORS.auth_failure(what)
 
     def _abort_quietly(self) -> None:
         txn = self.out.txn

@@ -49,8 +49,8 @@ def app_config(bootstrap: str, tmp: Path, **overrides: Any) -> tuple[AppConfig, 
     return config_from_dict(data), path
 
 
-def make_topics(config: AppConfig, partitions: int) -> None:
-    create_topics(make_admin(config), config, partitions, replication_factor=1)
+def make_topics(config: AppConfig, partitions: int, replication_factor: int = 1) -> None:
+    create_topics(make_admin(config), config, partitions, replication_factor=replication_factor)
 
 
 @dataclass
@@ -118,6 +118,7 @@ def producer(config: AppConfig) -> Producer:
     return Producer(
         {
             "bootstrap.servers": config.bootstrap_servers,
+            **config.kafka.common,
             "enable.idempotence": True,
             "linger.ms": 5,
             "partitioner": "murmur2_random",
@@ -163,6 +164,7 @@ def read_all(
     c = Consumer(
         {
             "bootstrap.servers": config.bootstrap_servers,
+            **config.kafka.common,
             "group.id": unique_name("reader"),
             "isolation.level": isolation,
             "enable.auto.commit": False,
@@ -175,6 +177,7 @@ def read_all(
     probe = Consumer(
         {
             "bootstrap.servers": config.bootstrap_servers,
+            **config.kafka.common,
             "group.id": unique_name("probe"),
             "isolation.level": "read_uncommitted",
         }
@@ -202,6 +205,7 @@ def drained(config: AppConfig) -> bool:
     c = Consumer(
         {
             "bootstrap.servers": config.bootstrap_servers,
+            **config.kafka.common,
             "group.id": config.app_id,
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
@@ -238,6 +242,7 @@ def committed_state(config: AppConfig) -> dict[tuple[str, str], dict[str, Any]]:
             return Consumer(
                 {
                     "bootstrap.servers": config.bootstrap_servers,
+                    **config.kafka.common,
                     "group.id": unique_name("restore"),
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",

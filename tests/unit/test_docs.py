@@ -10,10 +10,12 @@ import pytest
 
 from processor.cli import ENV, build_parser
 from processor.config import AppConfig, EnsembleConfig, KafkaConfig, LimitsConfig, TopicsConfig
+from processor.kafka.acls import stage_grants
 from processor.policy.bidding import BiddingConfig
 from processor.policy.safety import SafetyConstraints
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -72,3 +74,14 @@ def test_every_exported_metric_is_in_the_readme() -> None:
     section = README.split("## Operations", 1)[1].split("\n## ", 1)[0]
     missing = sorted(n for n in names if n not in section)
     assert not missing, f"metrics missing from README: {missing}"
+
+
+def test_deploy_readme_lists_exactly_the_grants_the_stage_needs() -> None:
+    text = (ROOT / "deploy" / "README.md").read_text()
+    section = text.split("## Least privileges", 1)[1].split("\n## ", 1)[0]
+    rows = {line for line in section.splitlines() if line.startswith("| ") and "`" in line}
+    wanted = {
+        f"| {g.resource} | `{g.name}` | {g.pattern} | {g.operation} | {g.why} |"
+        for g in stage_grants(AppConfig(app_id="<app_id>"))
+    }
+    assert rows == wanted

@@ -29,7 +29,7 @@ from processor.runtime.partitions import Partitions, misaligned
 from processor.state.changelog import parse_changelog_key
 from processor.testing import wait_for
 from tests.integration.stagekit import expected_counts, outcome_records, request_records
-from tests.unit.runtime.fakes import SERDES, FakeKafka, blocks, kafka_error, raises
+from tests.unit.runtime.fakes import SERDES, FakeConsumer, FakeKafka, blocks, kafka_error, raises
 
 ARMS = ["conservative", "balanced", "aggressive", "experimental"]
 
@@ -495,3 +495,33 @@ def test_the_co_partitioning_settings_are_enforced() -> None:
     conf = consumer_config(make_config(kafka=KafkaConfig(consumer={"group.protocol": "CLASSIC"})))
     assert conf["partition.assignment.strategy"] == "range"
     assert conf["group.protocol"] == "classic"
+
+
+def test_a_long_restore_keeps_the_liveness_heartbeat() -> None:
+    """A liveness probe must not kill a pod that is restoring a large changelog."""
+    kafka, config = FakeKafka(), make_config()
+    outs, reqs = feed(kafka, config)
+    running = run_to_drain(kafka, config)
+    assert running.stop() == EXIT_OK
+    records = len(kafka.committed(config.changelog_topic))
+    assert records > 10
+
+    class SlowRestore(FakeConsumer):
+        def consume(self, num_messages: int = 1, timeout: float = 0) -> list[Any]:
+            threading.Event().wait(0.05)  # a slow fetch
+            return super().consume(1, timeout)
+
+    clients = kafka.clients()
+    clients.restore_consumer_factory = lambda cfg: lambda **extra: SlowRestore(kafka, restore=True)
+    health = metrics.Health(stall_s=0.3)
+    stage = Stage(config, health=health, kafka=clients)
+    restarted = Running(stage)
+    live_while_restoring = []
+    wait_for(lambda: stage.parts.pending, 5, description="the restore to start")
+    while stage.parts.pending:
+        live_while_restoring.append(health.is_live())
+        threading.Event().wait(0.02)
+    assert len(live_while_restoring) > 10, "the restore was too short to test anything"
+    assert all(live_while_restoring)
+    assert restarted.stop() == EXIT_OK
+    assert_exact(kafka, config, outs, reqs)
