@@ -14,7 +14,7 @@ from processor.config import AppConfig
 from processor.engine import PartitionEngine
 from processor.kafka.clients import InstanceClaim, make_admin, restore_consumer_factory
 from processor.kafka.serde import SerdeRegistry
-from processor.kafka.topics import create_topics, partition_counts
+from processor.kafka.topics import create_topics, partition_counts, partition_mismatches
 from processor.runtime import Stage
 from processor.state.changelog import read_changelog
 
@@ -50,10 +50,26 @@ def cmd_run(config: AppConfig) -> int:
 
 
 def cmd_topics_create(config: AppConfig, partitions: int, replication_factor: int) -> int:
-    """``bandit-processor topics create``."""
-    result = create_topics(make_admin(config), config, partitions, replication_factor)
+    """``bandit-processor topics create``: exit 2 when existing topics have another partition
+    count (``run`` would refuse them)."""
+    admin = make_admin(config)
+    result = create_topics(admin, config, partitions, replication_factor)
+    wrong = partition_mismatches(admin, config, partitions)
     for name, status in result.items():
-        print(f"{status:8s} {name}")
+        note = f" ({wrong[name]} partitions, not {partitions})" if name in wrong else ""
+        print(f"{status:8s} {name}{note}")
+    if wrong:
+        shown = ", ".join(f"{name} has {n}" for name, n in sorted(wrong.items()))
+        print(
+            f"bandit-processor: error: co-partitioned topics must all have {partitions} "
+            f"partitions, but {shown}. `run` would refuse to start. Either create them with "
+            f"--partitions {max(wrong.values())} if that is the count you meant, or delete the "
+            "mismatched topics (their data, and the changelog's state, is lost) and run "
+            "`topics create` again; growing partitions of a keyed topic moves keys to other "
+            "partitions, so do not do that with kafka-topics --alter.",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -197,6 +197,13 @@ PRODUCER_RECOVERIES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+CONSUMER_RECOVERIES = Counter(
+    "bandit_processor_consumer_recoveries_total",
+    "Input consumers replaced by a new group member, by reason (offsets_unreadable, "
+    "no_assignment).",
+    ["reason"],
+    registry=REGISTRY,
+)
 WEDGED_PRODUCERS = Gauge(
     "bandit_processor_wedged_producers",
     "Replaced producers still stuck inside a client call (kept until it returns).",

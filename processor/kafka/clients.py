@@ -26,6 +26,9 @@ from processor.kafka.topics import check_topology
 
 logger = logging.getLogger(__name__)
 
+RDKAFKA_LOGGER = logging.getLogger("librdkafka")
+"""librdkafka's own log lines go to this logger (so they follow --log-level / --log-format)."""
+
 
 class InstanceClaim:
     """A host-local slot that makes the default instance id ``<hostname>-<slot>``.
@@ -207,21 +210,29 @@ def admin_config(config: AppConfig) -> dict[str, Any]:
 
 def make_consumer(config: AppConfig, **extra: Any) -> Consumer:
     """Create a consumer; its settings are logged with secrets masked."""
-    conf = consumer_config(config, **{"error_cb": CLIENT_ERRORS.on_error, **extra})
+    conf = consumer_config(
+        config, **{"error_cb": CLIENT_ERRORS.on_error, "logger": RDKAFKA_LOGGER, **extra}
+    )
     logger.debug("consumer settings: %s", mask_secrets(conf))
     return Consumer(conf)
 
 
 def make_producer(config: AppConfig, **extra: Any) -> Producer:
     """Create a producer; its settings are logged with secrets masked."""
-    conf = producer_config(config, **{"error_cb": CLIENT_ERRORS.on_error, **extra})
+    conf = producer_config(
+        config, **{"error_cb": CLIENT_ERRORS.on_error, "logger": RDKAFKA_LOGGER, **extra}
+    )
     logger.debug("producer settings: %s", mask_secrets(conf))
     return Producer(conf)
 
 
 def make_admin(config: AppConfig) -> AdminClient:
     """Create an admin client."""
-    conf: dict[str, Any] = {**admin_config(config), "error_cb": CLIENT_ERRORS.on_error}
+    conf: dict[str, Any] = {
+        **admin_config(config),
+        "error_cb": CLIENT_ERRORS.on_error,
+        "logger": RDKAFKA_LOGGER,
+    }
     return AdminClient(conf)
 
 

@@ -23,6 +23,8 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -46,15 +48,19 @@ _MAGIC = 0
 _HEADER = struct.Struct(">bI")
 
 
-def schema_dir() -> Path:
-    """Return the folder that holds the ``*.avsc`` files.
+def schema_dir() -> Path | None:
+    """The folder named by ``BANDIT_SCHEMA_DIR``, or ``None``: the packaged schemas are used.
 
-    ``BANDIT_SCHEMA_DIR`` wins; otherwise the repository's ``schemas/`` next to the package.
+    The package carries copies of the repository's ``schemas/*.avsc`` (a test checks they are
+    identical), so an installed wheel needs no checkout and no environment variable.
     """
     env = os.environ.get("BANDIT_SCHEMA_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "schemas"
+    return Path(env) if env else None
+
+
+def packaged_schema(name: str) -> Traversable:
+    """The packaged copy of schema ``name`` (``processor/schemas/<name>.avsc``)."""
+    return files("processor").joinpath("schemas", f"{name}.avsc")
 
 
 @cache
@@ -63,11 +69,13 @@ def load_schema_json(name: str) -> dict[str, Any]:
     if name not in SCHEMA_NAMES:
         msg = f"unknown schema {name!r}; known: {', '.join(SCHEMA_NAMES)}"
         raise ConfigError(msg)
-    path = schema_dir() / f"{name}.avsc"
+    folder = schema_dir()
+    source: Path | Traversable = folder / f"{name}.avsc" if folder else packaged_schema(name)
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(source.read_text(encoding="utf-8"))
     except OSError as exc:
-        msg = f"cannot read schema {path} (set BANDIT_SCHEMA_DIR to the schemas/ folder)"
+        where = "BANDIT_SCHEMA_DIR" if folder else "the installed package (reinstall it)"
+        msg = f"cannot read schema {source} from {where}: {exc.strerror}"
         raise ConfigError(msg) from exc
     return data
 

@@ -80,10 +80,20 @@ def create_topics(
             if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 result[name] = "exists"
             else:
+                denied = auth_error(err, f"creating topic {name}")
+                if denied is not None:
+                    raise denied from exc
                 msg = f"cannot create topic {name}: {err.str()}"
                 raise TopologyError(msg) from exc
     _wait_visible(admin, list(result), timeout_s)
     return result
+
+
+def partition_mismatches(admin: AdminClient, config: AppConfig, partitions: int) -> dict[str, int]:
+    """Co-partitioned topics whose partition count is not ``partitions``: ``{topic: count}``."""
+    specs = [s for s in topic_specs(config) if s.co_partitioned]
+    counts = partition_counts(admin, [s.name for s in specs])
+    return {name: n for name, n in counts.items() if n != partitions}
 
 
 def _wait_visible(admin: AdminClient, names: list[str], timeout_s: float) -> None:

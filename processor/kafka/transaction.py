@@ -200,9 +200,16 @@ class Transactions:
         msg = f"{name} failed: {err.name()}: {err.str()}"
         return ProducerFailedError(msg, "fatal_error")
 
-    def _call(self, name: str, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+    def _call(
+        self,
+        name: str,
+        fn: Callable[[], T],
+        timeout_s: float | None = None,
+        budget_s: float | None = None,
+    ) -> T:
         """Run ``fn`` with retries of retriable errors, each attempt under the watchdog."""
-        deadline = self.clock() + self.retry_budget_s
+        budget = self.retry_budget_s if budget_s is None else budget_s
+        deadline = self.clock() + budget
         per_call = (self.timeout_s if timeout_s is None else timeout_s) + WEDGE_GRACE_S
         delay = 0.05
         while True:
@@ -222,7 +229,7 @@ class Transactions:
                 assert err is not None
                 if self.clock() + delay >= deadline:
                     msg = (
-                        f"{name}: still failing after {self.retry_budget_s:.1f}s of retries "
+                        f"{name}: still failing after {budget:.1f}s of retries "
                         f"({err.name()}: {err.str()})"
                     )
                     raise ProducerFailedError(msg, "retry_budget") from exc
@@ -261,10 +268,20 @@ class Transactions:
         self._call("commit_transaction", lambda: self.producer.commit_transaction(self.timeout_s))
         self.active = False
 
-    def abort(self) -> None:
-        """Abort the open transaction (no-op when none is open)."""
+    def abort(self, budget_s: float | None = None) -> None:
+        """Abort the open transaction (no-op when none is open).
+
+        Args:
+            budget_s: Retry budget of this abort (default ``retry_budget_s``). The stage passes
+                less: an abort that cannot finish is better left to a new producer, whose
+                ``init_transactions`` aborts the transaction as well.
+        """
         if self.active:
-            self._call("abort_transaction", lambda: self.producer.abort_transaction(self.timeout_s))
+            self._call(
+                "abort_transaction",
+                lambda: self.producer.abort_transaction(self.timeout_s),
+                budget_s=budget_s,
+            )
             self.active = False
 
     def close(self) -> None:

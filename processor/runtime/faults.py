@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from processor.errors import ConfigError, KafkaAuthError
 from processor.kafka.transaction import (
@@ -143,3 +143,37 @@ class PoisonTracker:
 def describe(batch: Any) -> str:
     """Where a failure happened, for the log."""
     return batch.describe() if isinstance(batch, Batch) else "outside a batch"
+
+
+def read_committed(
+    consumer: Consumer,
+    tps: list[TopicPartition],
+    waiter: Waiter,
+    timeout_s: float,
+    attempts: int = 3,
+) -> list[TopicPartition] | None:
+    """The group's committed offsets of ``tps``; ``None`` when ``attempts`` reads in a row
+    failed (the consumer's group coordinator is unreachable: the caller replaces it)."""
+    per_call = min(timeout_s, 10.0)
+    for attempt in range(1, attempts + 1):
+        try:
+            return consumer.committed(tps, timeout=per_call)
+        except KafkaException as exc:
+            logger.warning("reading the committed offsets failed (attempt %d): %s", attempt, exc)
+            waiter.health.reason = "waiting for Kafka: reading the committed offsets"
+            waiter.sleep(min(0.5 * attempt, BACKOFF_MAX_S))
+    return None
+
+
+def close_in_background(consumer: Consumer) -> None:
+    """Close a discarded consumer without holding up the loop (its close may wait for the
+    group coordinator). Its rebalance callbacks then run in that thread: the stage ignores
+    callbacks of a consumer that is no longer its own."""
+
+    def close() -> None:
+        try:
+            consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            logger.debug("closing a discarded consumer: %s", exc)
+
+    threading.Thread(target=close, name="consumer-close", daemon=True).start()

@@ -117,6 +117,7 @@ class OutputProducer:
         still = []
         for producer, txn in self.abandoned:
             if txn.runner.busy():
+                producer.poll(0)  # drain its log and error queues (poll is thread-safe)
                 still.append((producer, txn))
             else:
                 txn.close()

@@ -7,6 +7,7 @@ They run inside ``consume()`` and ``close()`` and never raise: a failure is reco
 from __future__ import annotations
 
 import logging
+import time
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -29,6 +30,8 @@ class RebalanceCallbacks:
     """The ``on_assign`` / ``on_revoke`` / ``on_lost`` callbacks (mixed into the Stage)."""
 
     health: Health
+    consumer: Consumer | None
+    _lost_at: float | None
     parts: Partitions
     cycle: CommitCycle
     poison: PoisonTracker
@@ -43,6 +46,9 @@ class RebalanceCallbacks:
         raise NotImplementedError
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return  # a replaced consumer closing in the background
+        self._lost_at = None
         consumer.assign(partitions)
         consumer.pause(partitions)
         new = self.parts.assign(partitions)
@@ -56,6 +62,8 @@ class RebalanceCallbacks:
         logger.info("assigned partitions %s; restoring state before resuming", sorted(new))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return  # a replaced consumer closing in the background: it holds nothing of ours
         revoked = {tp.partition for tp in partitions}
         if self._fatal is None and not self.cycle.open and self._reset_reason is None:
             logger.info("revoking %d topic-partitions: committing first", len(partitions))
@@ -79,6 +87,9 @@ class RebalanceCallbacks:
         metrics.ASSIGNED_PARTITIONS.set(len(self.parts.assigned))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self.consumer:
+            return
+        self._lost_at = time.monotonic()
         lost = {tp.partition for tp in partitions}
         logger.warning("lost partitions %s: aborting the open transaction", sorted(lost))
         self.parts.drop(lost)

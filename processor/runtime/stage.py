@@ -48,7 +48,14 @@ from processor.kafka.transaction import (
 )
 from processor.runtime.batch import Batch, group_messages, record_metrics, run_engines
 from processor.runtime.commit import CommitCycle
-from processor.runtime.faults import PoisonTracker, StopRequestedError, Waiter, describe
+from processor.runtime.faults import (
+    PoisonTracker,
+    StopRequestedError,
+    Waiter,
+    close_in_background,
+    describe,
+    read_committed,
+)
 from processor.runtime.outputs import MAX_WEDGED, OutputProducer
 from processor.runtime.partitions import Partitions
 from processor.runtime.rebalance import RebalanceCallbacks
@@ -64,6 +71,8 @@ EXIT_POISON = 4
 
 MAX_RECOVERIES = 5
 """Producer replacements in a row (no successful commit in between) before the stage gives up."""
+REJOIN_TIMEOUT_S = 90.0
+"""After partitions were lost, a consumer without a new assignment this long is replaced."""
 
 
 class Stage(RebalanceCallbacks):
@@ -107,6 +116,7 @@ class Stage(RebalanceCallbacks):
         self._producer_failed: ProducerFailedError | None = None
         self._fatal: BaseException | None = None
         self._recoveries = 0
+        self._lost_at: float | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -140,13 +150,7 @@ class Stage(RebalanceCallbacks):
                     "with this id is now fenced",
                     self.producer_transactional_id,
                 )
-            self.consumer = self.kafka.consumer(cfg)
-            self.consumer.subscribe(
-                list(cfg.topics.inputs),
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
+            self.consumer = self._subscribe()
             self.health.alive = True
             code = self._loop()
             clean = code == EXIT_OK and self._fatal is None
@@ -214,6 +218,8 @@ class Stage(RebalanceCallbacks):
         self.health.beat()
         if self._reset_reason is not None:
             self._reset()
+        if self._lost_at is not None and time.monotonic() - self._lost_at > REJOIN_TIMEOUT_S:
+            self._replace_consumer("no_assignment", "no assignment since partitions were lost")
         if self.parts.pending:
             self._restore_pending()
         # after a handler failed, its range is re-read one message at a time (PoisonTracker)
@@ -277,7 +283,7 @@ class Stage(RebalanceCallbacks):
         txn = self.out.txn
         if self._producer_failed is None and txn is not None and txn.active:
             try:
-                txn.abort()
+                txn.abort(budget_s=self.config.operation_timeout_s)
                 metrics.TRANSACTIONS.labels("aborted").inc()
             except ProducerFailedError as exc:
                 logger.warning("abort failed, replacing the producer: %s", exc)
@@ -290,14 +296,39 @@ class Stage(RebalanceCallbacks):
         if parts and consumer is not None:
             tps = self.parts.topic_partitions(parts)
             consumer.pause(tps)
-            committed = self.waiter.retry(
-                "reading the committed offsets",
-                lambda: consumer.committed(tps, timeout=self.config.operation_timeout_s),
-            )
+            committed = read_committed(consumer, tps, self.waiter, self.config.operation_timeout_s)
+            if committed is None:
+                # its group coordinator stays unreachable although the cluster answers
+                # (librdkafka#5511 on the consumer side): a new consumer rejoins the group
+                self._replace_consumer("offsets_unreadable", "committed offsets unreadable")
+                self._reset_reason = None
+                return
             for tp in self.parts.rewind_targets(committed):
                 consumer.seek(tp)
         logger.info("reset (%s): rewound %d partitions; restoring their state", reason, len(parts))
         self._reset_reason = None
+
+    def _subscribe(self) -> Consumer:
+        consumer = self.kafka.consumer(self.config)
+        consumer.subscribe(
+            list(self.config.topics.inputs),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        return consumer
+
+    def _replace_consumer(self, label: str, reason: str) -> None:
+        """Drop the consumer (closed in the background: its close can block on the group) and
+        join the group with a new one; everything it held is restored after the rebalance."""
+        old, self.consumer = self.consumer, None
+        self.parts.drop(set(self.parts.assigned))
+        self._lost_at = None
+        metrics.CONSUMER_RECOVERIES.labels(label).inc()
+        logger.warning("replacing the consumer (%s); it rejoins the group", reason)
+        if old is not None:
+            close_in_background(old)
+        self.consumer = self.waiter.retry("creating the consumer", self._subscribe)
 
     def _replace_producer(self, failure: ProducerFailedError) -> None:
         self._recoveries += 1

@@ -47,6 +47,12 @@ def test_topics_create_is_idempotent_and_compacts_the_changelog(
     res = ConfigResource("topic", config.changelog_topic)
     described = admin.describe_configs([res])[res].result()
     assert described["cleanup.policy"].value == "compact"
+    # Asking for another partition count than the existing topics have is an error, not "exists".
+    other = cli("topics", "create", "--config", str(path), "--partitions", "4")
+    assert other.returncode == 2
+    assert other.stdout.count("(3 partitions, not 4)") == 7  # every co-partitioned topic
+    assert "must all have 4 partitions" in other.stderr
+    assert "--partitions 3" in other.stderr
 
 
 def test_startup_refuses_missing_and_mismatched_topics(bootstrap: str, tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import fastavro
 import numpy as np
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from processor.kafka.serde import SerdeRegistry, parsed_schema
 from processor.policy.simulator import MarketSimulator
@@ -34,16 +35,22 @@ def run_latency(
     seconds: float,
     campaigns: int = 1000,
     python: str | None = None,
+    contender: str = "stage",
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Run the stage under ``rate`` requests/s for ``seconds``; return latency percentiles (ms).
+    """Run a contender under ``rate`` requests/s for ``seconds``; return latency percentiles (ms).
 
-    ``overrides`` are extra stage settings (e.g. ``poll_timeout_ms``), reported with the figures.
+    ``contender`` is ``"stage"``, or ``"limit"``: the raw passthrough (tests/perf/passthrough.py)
+    answering each request with its own bytes on the decisions topic, with the same client
+    settings, guarantee and commit cycle — the latency the client and broker allow at this rate.
+    ``overrides`` are extra settings (e.g. ``poll_timeout_ms``), reported with the figures.
     """
     config, path = stage_config(bootstrap, workdir, {}, processing_guarantee=guarantee, **overrides)
     port = free_port()
-    proc = spawn(
-        [
+    if contender == "limit":
+        args = ["tests.perf.passthrough", str(path), config.topics.bid_decisions]
+    else:
+        args = [
             "processor",
             "run",
             "--config",
@@ -52,12 +59,11 @@ def run_latency(
             "lat",
             "--metrics-port",
             str(port),
-        ],
-        workdir / f"{config.app_id}.log",
-        python,
-    )
+        ]
+    proc = spawn(args, workdir / f"{config.app_id}.log", python)
     serde = SerdeRegistry()["BidRequest"]
-    decision_schema = parsed_schema("BidDecision")
+    # the limit echoes the request: read it back with the request's schema
+    decision_schema = parsed_schema("BidRequest" if contender == "limit" else "BidDecision")
     sim = MarketSimulator(11, n_campaigns=campaigns)
     total = int(rate * seconds)
     pool = sim.bid_requests(total, 0, rate)
@@ -76,7 +82,14 @@ def run_latency(
         }
     )
     try:
-        wait_for(lambda: stage_ready(port), timeout=120, description="stage ready")
+        if contender == "limit":
+            wait_for(
+                lambda: _group_has_assignment(bootstrap, config.app_id),
+                120,
+                description="limit joined",
+            )
+        else:
+            wait_for(lambda: stage_ready(port), timeout=120, description="stage ready")
         reader.assign(
             [TopicPartition(config.topics.bid_decisions, p, 0) for p in range(PARTITIONS)]
         )
@@ -106,21 +119,23 @@ def run_latency(
                     warm.append(ms)
                 else:
                     lat.append(ms)
-                    # event → the stage's decision (input path + loop), then → visible here
-                    to_decision.append(d["decided_at"] - d["event_time"])  # type: ignore[call-overload,index]
+                    if contender != "limit":
+                        # event → the stage's decision (input path + loop), then → visible here
+                        to_decision.append(d["decided_at"] - d["event_time"])  # type: ignore[call-overload,index]
             received = len(lat) + len(warm)
             if sent >= total and received >= total:
                 break
             if now - started > seconds + 60:
                 break
         achieved = sent / max(1e-9, time.monotonic() - started)
-        inside = _stage_view(port)
+        inside = _stage_view(port) if contender != "limit" else {}
     finally:
         reader.close()
         producer.flush(30)
         code = stop_process(proc)
     arr = np.asarray(lat) if lat else np.zeros(1)
     return {
+        "contender": contender,
         "guarantee": guarantee,
         "settings": dict(overrides),
         "target_rate": rate,
@@ -154,3 +169,13 @@ def _stage_view(port: int) -> dict[str, Any]:
         out[f"stage_{label}s"] = n
         out[f"stage_{label}_mean_ms"] = round(1000 * total / n, 2) if n else None
     return out
+
+
+def _group_has_assignment(bootstrap: str, group: str) -> bool:
+    """True once consumer group ``group`` is stable with partitions assigned."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except KafkaException:
+        return False
+    return bool(desc.members) and any(m.assignment.topic_partitions for m in desc.members)

@@ -11,7 +11,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from processor.kafka.serde import SCHEMA_NAMES, load_schema_json, schema_dir
+from processor.kafka.serde import SCHEMA_NAMES, load_schema_json, packaged_schema, schema_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,6 +137,15 @@ def test_checker_detects_incompatible_changes() -> None:
     assert backward_incompatibilities(old, defaulted) == []
 
 
-def test_schema_dir_is_the_repository_folder() -> None:
-    assert schema_dir() == ROOT / "schemas"
-    assert sorted(p.stem for p in schema_dir().glob("*.avsc")) == sorted(SCHEMA_NAMES)
+def test_packaged_schemas_are_the_repository_schemas() -> None:
+    """``schemas/`` is the source of truth; the wheel carries ``processor/schemas/``."""
+    assert schema_dir() is None  # no BANDIT_SCHEMA_DIR: the packaged copies are read
+    repo = {p.name: p.read_bytes() for p in (ROOT / "schemas").glob("*.avsc")}
+    packaged = {p.name: p.read_bytes() for p in (ROOT / "processor" / "schemas").glob("*.avsc")}
+    assert sorted(p[:-5] for p in repo) == sorted(SCHEMA_NAMES)
+    stale = sorted(name for name in repo if packaged.get(name) != repo[name])
+    assert not stale and set(packaged) == set(repo), (
+        f"processor/schemas/ differs from schemas/ ({stale}): cp schemas/*.avsc processor/schemas/"
+    )
+    for name in SCHEMA_NAMES:
+        assert packaged_schema(name).read_bytes() == repo[f"{name}.avsc"]

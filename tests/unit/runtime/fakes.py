@@ -87,6 +87,7 @@ class FakeKafka:
     failures: dict[str, list[Failure]] = field(default_factory=lambda: defaultdict(list))
     calls: list[str] = field(default_factory=list)
     producers: list[FakeProducer] = field(default_factory=list)
+    consumers: list[FakeConsumer] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def partition_of(self, key: bytes) -> int:
@@ -124,7 +125,9 @@ class FakeKafka:
 
     def clients(self) -> Clients:
         def consumer(config: AppConfig, **extra: Any) -> FakeConsumer:
-            return FakeConsumer(self, restore=bool(extra))
+            c = FakeConsumer(self, restore=bool(extra))
+            self.consumers.append(c)
+            return c
 
         def producer(config: AppConfig, **extra: Any) -> FakeProducer:
             p = FakeProducer(self, f"{config.app_id}-{config.instance_id}")

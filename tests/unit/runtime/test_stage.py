@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -277,6 +278,22 @@ def test_broker_unreachable_while_replacing_the_producer_is_waited_out() -> None
     assert_exact(kafka, config, outs, reqs)
 
 
+def test_a_consumer_that_cannot_read_committed_offsets_is_replaced() -> None:
+    """After a broker restart the consumer's group coordinator can stay unreachable."""
+    kafka, config = FakeKafka(), make_config()
+    outs, reqs = feed(kafka, config)
+    before = counter(metrics.CONSUMER_RECOVERIES, "offsets_unreadable")
+    timeout = raises(kafka_error(KafkaError._TIMED_OUT, retriable=True))
+    kafka.fail("commit_transaction", raises(kafka_error(KafkaError._STATE, abortable=True)))
+    kafka.fail("committed", timeout, timeout, timeout)
+    running = run_to_drain(kafka, config)
+    assert running.stop() == EXIT_OK
+    assert counter(metrics.CONSUMER_RECOVERIES, "offsets_unreadable") == before + 1
+    assert len(kafka.consumers) == 2
+    assert kafka.consumers[0].closed
+    assert_exact(kafka, config, outs, reqs)
+
+
 def test_missing_acl_exits_2() -> None:
     kafka, config = FakeKafka(), make_config()
     feed(kafka, config)
@@ -499,29 +516,31 @@ def test_the_co_partitioning_settings_are_enforced() -> None:
 
 def test_a_long_restore_keeps_the_liveness_heartbeat() -> None:
     """A liveness probe must not kill a pod that is restoring a large changelog."""
-    kafka, config = FakeKafka(), make_config()
+    kafka, config = FakeKafka(), make_config(commit_every_events=40, max_batch_events=40)
     outs, reqs = feed(kafka, config)
     running = run_to_drain(kafka, config)
     assert running.stop() == EXIT_OK
     records = len(kafka.committed(config.changelog_topic))
-    assert records > 10
+    assert records >= 15
 
     class SlowRestore(FakeConsumer):
         def consume(self, num_messages: int = 1, timeout: float = 0) -> list[Any]:
-            threading.Event().wait(0.05)  # a slow fetch
+            threading.Event().wait(0.08)  # a slow fetch
             return super().consume(1, timeout)
 
     clients = kafka.clients()
     clients.restore_consumer_factory = lambda cfg: lambda **extra: SlowRestore(kafka, restore=True)
-    health = metrics.Health(stall_s=0.3)
+    health = metrics.Health(stall_s=0.5)  # five slow fetches without a beat would fail it
     stage = Stage(config, health=health, kafka=clients)
     restarted = Running(stage)
     live_while_restoring = []
     wait_for(lambda: stage.parts.pending, 5, description="the restore to start")
+    started = time.monotonic()
     while stage.parts.pending:
         live_while_restoring.append(health.is_live())
-        threading.Event().wait(0.02)
-    assert len(live_while_restoring) > 10, "the restore was too short to test anything"
+        threading.Event().wait(0.01)
+    lasted = time.monotonic() - started
+    assert lasted > 1.5 * health.stall_s, f"the restore ({lasted:.2f}s) was too short to test"
     assert all(live_while_restoring)
     assert restarted.stop() == EXIT_OK
     assert_exact(kafka, config, outs, reqs)
