@@ -1,8 +1,8 @@
 """Shared math and the keyed struct-of-arrays table behind every bandit class.
 
 Everything numeric lives here once: the exact Thompson propensity quadrature, Beta credible
-intervals, the Exp3-IX log-domain probabilities and learning-rate schedule, reward-to-loss
-mapping and inverse-CDF arm selection. The keyed classes (:mod:`processor.bandits.keyed`) and the
+intervals and inverse-CDF arm selection (the Exp3-IX / Hedge exponential-weights math is in
+:mod:`processor.bandits.expweights`). The keyed classes (:mod:`processor.bandits.keyed`) and the
 single-key object APIs call these functions, so the formulas exist exactly once.
 """
 
@@ -182,61 +182,6 @@ def _quadrature(a: FloatArray, b: FloatArray, act: BoolArray) -> FloatArray:
     probs = np.einsum("nkx,nx->nk", pdf * prefix * suffix, w)
     probs = np.where(act, np.maximum(probs, 0.0), 0.0)
     return np.asarray(probs / probs.sum(axis=1, keepdims=True), dtype=np.float64)
-
-
-# ---- Exp3-IX / Hedge (log domain) ----------------------------------------------------------
-
-
-def rewards_to_losses(rewards: ArrayLike, reward_range: tuple[float, float]) -> FloatArray:
-    """Map rewards to losses ``clip((hi − r) / (hi − lo), 0, 1)``."""
-    lo, hi = reward_range
-    r = np.asarray(rewards, dtype=np.float64)
-    return np.asarray(np.clip((hi - r) / (hi - lo), 0.0, 1.0), dtype=np.float64)
-
-
-def eta_schedule(t: ArrayLike, n_arms: ArrayLike, eta: float | None, eta_max: float) -> FloatArray:
-    """Learning rate η_t: the fixed ``eta``, else ``min(eta_max, sqrt(ln K / (K t))``, t ≥ 1."""
-    tt = np.maximum(np.asarray(t, dtype=np.float64), 1.0)
-    if eta is not None:
-        return np.full(tt.shape, float(eta), dtype=np.float64)
-    k = np.maximum(np.asarray(n_arms, dtype=np.float64), 1.0)
-    out: FloatArray = np.minimum(np.sqrt(np.log(k) / (k * tt)), eta_max)
-    return out
-
-
-def softmax_weights(losses: FloatArray, eta: FloatArray, active: BoolArray) -> FloatArray:
-    """Normalised exponential weights ``softmax(−η L̃)`` over active arms (0 elsewhere).
-
-    Computed from the log domain with the usual max shift, so no weight is ever
-    exponentiated raw and nothing overflows.
-    """
-    z = np.where(active, -eta[:, None] * losses, -np.inf)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float64)
-
-
-def mixed_probabilities(
-    losses: FloatArray, eta: FloatArray, active: BoolArray, uniform_mix: float
-) -> FloatArray:
-    """``(1 − ε)·softmax(−η L̃) + ε / K_active`` over active arms; rows sum to 1."""
-    p = softmax_weights(losses, eta, active)
-    if uniform_mix > 0.0:
-        k_active = active.sum(axis=1, keepdims=True)
-        p = np.where(active, (1.0 - uniform_mix) * p + uniform_mix / k_active, 0.0)
-    return p
-
-
-def average_weight_loss(losses: FloatArray, eta: FloatArray, active: BoolArray) -> FloatArray:
-    """Loss estimate of a new arm whose weight is the mean weight of the active arms.
-
-    ``L̃_new = −(logsumexp(−η L̃) − ln K) / η``: its weight is Σw/K, so its probability is
-    exactly 1/(K+1) (also after uniform mixing, which is uniform).
-    """
-    z = np.where(active, -eta[:, None] * losses, -np.inf)
-    k = active.sum(axis=1)
-    lse = special.logsumexp(z, axis=1)
-    return np.asarray(-(lse - np.log(k)) / eta, dtype=np.float64)
 
 
 # ---- batch helpers -------------------------------------------------------------------------
