@@ -169,3 +169,22 @@ def test_family_horizon_optimizer_normalises_within_the_horizon() -> None:
     assert opt.get_probabilities("5m") == pytest.approx(
         dict.fromkeys(opt.get_probabilities("5m"), 1 / 3)
     )
+
+
+def test_family_horizon_logged_propensity_is_the_selection_probability() -> None:
+    # 0.2 returned the probability over all family x horizon arms (1/6 here) while drawing
+    # within the horizon (1/3), inflating Exp3-IX estimates threefold.
+    fams = ["f1", "f2", "f3"]
+    opt = EnsembleWeightOptimizer(fams, ["5m", "15m"], mode="family_horizon", seed=8)
+    rng = np.random.default_rng(8)
+    n = 20_000
+    chosen = np.zeros(3)
+    expected = np.zeros(3)
+    for _ in range(n):
+        probs = opt.get_probabilities("15m")
+        arm, p = opt.select("15m")
+        assert p == pytest.approx(probs[arm], rel=1e-12)
+        chosen[fams.index(arm.split(":")[0])] += 1
+        expected += [probs[f + ":15m"] for f in fams]
+        opt.update(arm.split(":")[0], "15m", float(rng.normal(10 * fams.index(arm[:2]), 30)), p)
+    assert np.abs(chosen - expected).max() / n < 0.01
