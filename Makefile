@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KAFKA := deploy/local-kafka/kafka.sh
 
 .DEFAULT_GOAL := help
-.PHONY: demo bench help install lint format test test-unit test-integration bench-bandits bench-policy kafka-up kafka-down kafka-status clean
+.PHONY: demo bench help install lint format test test-unit test-integration bench-bandits bench-policy bench-ensemble kafka-up kafka-down kafka-status clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench-bandits: $(STAMP) ## per-event object API vs keyed batch API (updates/s, d
 
 bench-policy: $(STAMP) ## bidding policy: decide() decisions/s, closed-loop reward and violation rate
 	$(BIN)/python -m tests.perf.bench_policy
+
+bench-ensemble: $(STAMP) ## ensemble learning figures, OPE interval coverage, bootstrap time (fixed seeds)
+	$(BIN)/python -m tests.perf.bench_ensemble
 
 bench: ## full benchmark on the real broker: table + bench-results/bench.json (uses .venv-bench)
 	$(PYTHON) -m venv .venv-bench

@@ -102,11 +102,10 @@ def key_state_view(engine: PartitionEngine, kind: str, key: str) -> dict[str, An
             "thompson": arms,
             "state": full,
         }
-    bandit = engine.ensembles.bandit
     return {
         "key": key,
         "kind": kind,
-        "exp3ix": bandit.get_key_state(key),
+        "exp3ix": engine.ensembles.exp3ix_state(key),  # family_horizon: one per horizon
         "weights": engine.ensembles.snapshot(key),
     }
 

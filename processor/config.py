@@ -101,7 +101,13 @@ class TopicsConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """Exp3-IX / Hedge ensemble weighting (DESIGN §3)."""
+    """Exp3-IX / Hedge ensemble weighting (DESIGN §3).
+
+    ``eta_max`` caps the anytime rate of bandit-feedback (Exp3-IX) rounds only; Hedge
+    (full information) uses ``sqrt(8 ln K / t)`` uncapped. ``share`` is the fixed-share α
+    (Herbster–Warmuth; Exp3-SIX for bandit feedback) that lets the weights follow a best model
+    that changes: 0 (default) is off, about 1 / (trades between changes) when it is on.
+    """
 
     mode: str = "family"
     families: tuple[str, ...] = ("lightgbm", "xgboost", "ridge", "mlp", "lstm")
@@ -115,6 +121,7 @@ class EnsembleConfig:
     reward_range: tuple[float, float] = (-100.0, 100.0)
     uniform_mix: float = 0.0
     unknown_arms: str = "dead_letter"
+    share: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "families", tuple(self.families))
@@ -145,6 +152,15 @@ class EnsembleConfig:
                 raise ConfigError(msg)
         if self.unknown_arms not in ("dead_letter", "add"):
             msg = "ensemble.unknown_arms must be 'dead_letter' or 'add'"
+            raise ConfigError(msg)
+        if not (isinstance(self.share, int | float) and 0.0 <= self.share < 1.0):
+            msg = f"ensemble.share must be in [0, 1) (0 = off), got {self.share!r}"
+            raise ConfigError(msg)
+        if not (math.isfinite(self.eta_max) and self.eta_max > 0):
+            msg = f"ensemble.eta_max must be > 0, got {self.eta_max!r}"
+            raise ConfigError(msg)
+        if any(":" in h or "\x00" in h for h in self.horizons):
+            msg = "ensemble.horizons must not contain ':' (arm names are family:horizon)"
             raise ConfigError(msg)
         if self.base_weights is not None:
             weights = {str(k): float(v) for k, v in self.base_weights.items()}

@@ -266,19 +266,19 @@ class GaugeExporter:
         for engine in engines:
             if len(owner) >= MAX_ENSEMBLE_SERIES:
                 break
-            for key in engine.ensembles.bandit.keys:
+            for key in engine.ensembles.keys:
                 if len(owner) >= MAX_ENSEMBLE_SERIES:
                     break
                 owner.setdefault(key, engine)
         self._ensembles = dict.fromkeys(owner)
         series: dict[tuple[str, str], tuple[float, float]] = {}
         for key, engine in owner.items():
-            snap = engine.ensembles.snapshot(key)
-            weights = snap["weights"]
-            for arm, p in snap["probabilities"].items():
-                label = (key, arm_label(arm))
-                prob, weight = series.get(label, (0.0, 0.0))
-                series[label] = (prob + p, weight + weights.get(arm, 0.0))
+            for snap in engine.ensembles.snapshots(key):  # one per horizon in family_horizon
+                weights = snap["weights"]
+                for arm, p in snap["probabilities"].items():
+                    label = (key, arm_label(arm))
+                    prob, weight = series.get(label, (0.0, 0.0))
+                    series[label] = (prob + p, weight + weights.get(arm, 0.0))
         for label in self._ensemble_series - set(series):
             ENSEMBLE_PROBABILITY.remove(*label)
             ENSEMBLE_WEIGHT.remove(*label)

@@ -6,15 +6,10 @@ APIs are single-key views over it, and every formula lives once in :mod:`process
 
 from __future__ import annotations
 
-from processor.bandits.base import (
-    BanditInputError,
-    beta_credible_interval,
-    eta_schedule,
-    rewards_to_losses,
-    thompson_propensities,
-)
+from processor.bandits.base import BanditInputError, beta_credible_interval, thompson_propensities
 from processor.bandits.ensemble import MODES, EnsembleWeightOptimizer, arm_name
 from processor.bandits.exp3ix import Exp3IXBandit
+from processor.bandits.expweights import eta_schedule, learning_rate, rewards_to_losses
 from processor.bandits.hedge import Hedge
 from processor.bandits.keyed import KeyedExp3IX, KeyedThompson
 from processor.bandits.rewards import RewardTracker, trade_reward_bps
@@ -34,6 +29,7 @@ __all__ = [
     "arm_name",
     "beta_credible_interval",
     "eta_schedule",
+    "learning_rate",
     "rewards_to_losses",
     "thompson_propensities",
     "trade_reward_bps",

@@ -1,8 +1,8 @@
 """Shared math and the keyed struct-of-arrays table behind every bandit class.
 
 Everything numeric lives here once: the exact Thompson propensity quadrature, Beta credible
-intervals, the Exp3-IX log-domain probabilities and learning-rate schedule, reward-to-loss
-mapping and inverse-CDF arm selection. The keyed classes (:mod:`processor.bandits.keyed`) and the
+intervals and inverse-CDF arm selection (the Exp3-IX / Hedge exponential-weights math is in
+:mod:`processor.bandits.expweights`). The keyed classes (:mod:`processor.bandits.keyed`) and the
 single-key object APIs call these functions, so the formulas exist exactly once.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special
 
+from processor.bandits.beta_tails import graded_quadrature
 from processor.errors import ProcessorError, StateError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ _GL_X, _GL_W = np.polynomial.legendre.leggauss(_GL_NODES)
 _GL_T = (_GL_X + 1.0) / 2.0
 _QUAD_CHUNK = 1024
 _SMOOTH = 5.0
-_GRADED = 2.0 ** -np.arange(1, 37)
 _TINY = np.finfo(np.float64).tiny
 _ONE_MINUS = np.nextafter(1.0, 0.0)
 
@@ -88,10 +88,11 @@ def thompson_propensities(
     is negligible, above it every density is. Panel edges are every active arm's mean ± z·sd for
     a ladder of z, so every panel is narrow compared with every density it crosses — a fixed grid
     on [0, 1] would miss a posterior of width 1e-4. Fractional α or β below 5 (discounted or
-    fractional counts) make the integrand singular at 0 or 1; those rows also get breakpoints
-    graded geometrically (2^-k) towards the endpoint. Absolute error is below 1e-6 (tests
-    against ``scipy.integrate.quad``, counts up to 1e6, priors down to 0.5; typically ~1e-9);
-    rows are normalised to sum to 1.
+    fractional counts, small priors) make the integrand singular at 0 or 1; those rows also get
+    breakpoints graded geometrically (2^-k) towards the endpoint and the last 2^-48 next to it
+    integrated in closed form (:mod:`processor.bandits.beta_tails`). Absolute error is below
+    1e-6 (tests against independent quadrature, counts up to 1e6, priors down to 0.01;
+    typically ~1e-9); rows are normalised to sum to 1.
 
     Args:
         alpha: (n, K) or (K,) posterior α.
@@ -132,15 +133,21 @@ def _propensities_block(a: FloatArray, b: FloatArray, act: BoolArray) -> FloatAr
     grade0 = np.any(act & (a < _SMOOTH) & (np.abs(a - np.round(a)) > 1e-9), axis=1)
     grade1 = np.any(act & (b < _SMOOTH) & (np.abs(b - np.round(b)) > 1e-9), axis=1)
     graded = grade0 | grade1
-    for sel in (np.flatnonzero(~graded), np.flatnonzero(graded)):
+    sel = np.flatnonzero(~graded)
+    if sel.size:
+        out[todo[sel]] = _quadrature(a[sel], b[sel], act[sel])
+    # graded rows by which end they grade: fewer padded (zero-width) panels per group
+    for g0, g1 in ((True, False), (False, True), (True, True)):
+        sel = np.flatnonzero((grade0 == g0) & (grade1 == g1))
         if sel.size:
-            out[todo[sel]] = _quadrature(a[sel], b[sel], act[sel], grade0[sel], grade1[sel])
+            probs = graded_quadrature(
+                a[sel], b[sel], act[sel], grade0[sel], grade1[sel], _Z_LEVELS, _Z_TAIL
+            )
+            out[todo[sel]] = probs / probs.sum(axis=1, keepdims=True)
     return out
 
 
-def _quadrature(
-    a: FloatArray, b: FloatArray, act: BoolArray, grade0: BoolArray, grade1: BoolArray
-) -> FloatArray:
+def _quadrature(a: FloatArray, b: FloatArray, act: BoolArray) -> FloatArray:
     n = a.shape[0]
     s_ab = a + b
     mean = a / s_ab
@@ -149,11 +156,6 @@ def _quadrature(
     hi = np.where(act, np.clip(mean + _Z_TAIL * sd, 0.0, 1.0), -np.inf).max(axis=1)
     bp = (mean[:, :, None] + sd[:, :, None] * _Z_LEVELS).reshape(n, -1)
     ok = np.repeat(act, _Z_LEVELS.size, axis=1)
-    if grade0.any() or grade1.any():
-        g0 = np.where(grade0[:, None], _GRADED, np.nan)
-        g1 = np.where(grade1[:, None], 1.0 - _GRADED, np.nan)
-        bp = np.concatenate([bp, g0, g1], axis=1)
-        ok = np.concatenate([ok, ~np.isnan(g0), ~np.isnan(g1)], axis=1)
     inside = ok & (bp > lo[:, None]) & (bp < hi[:, None])
     bp = np.sort(np.where(inside, bp, np.nan), axis=1)
     width_cols = int(np.max(np.sum(inside, axis=1)))
@@ -180,61 +182,6 @@ def _quadrature(
     probs = np.einsum("nkx,nx->nk", pdf * prefix * suffix, w)
     probs = np.where(act, np.maximum(probs, 0.0), 0.0)
     return np.asarray(probs / probs.sum(axis=1, keepdims=True), dtype=np.float64)
-
-
-# ---- Exp3-IX / Hedge (log domain) ----------------------------------------------------------
-
-
-def rewards_to_losses(rewards: ArrayLike, reward_range: tuple[float, float]) -> FloatArray:
-    """Map rewards to losses ``clip((hi − r) / (hi − lo), 0, 1)``."""
-    lo, hi = reward_range
-    r = np.asarray(rewards, dtype=np.float64)
-    return np.asarray(np.clip((hi - r) / (hi - lo), 0.0, 1.0), dtype=np.float64)
-
-
-def eta_schedule(t: ArrayLike, n_arms: ArrayLike, eta: float | None, eta_max: float) -> FloatArray:
-    """Learning rate η_t: the fixed ``eta``, else ``min(eta_max, sqrt(ln K / (K t))``, t ≥ 1."""
-    tt = np.maximum(np.asarray(t, dtype=np.float64), 1.0)
-    if eta is not None:
-        return np.full(tt.shape, float(eta), dtype=np.float64)
-    k = np.maximum(np.asarray(n_arms, dtype=np.float64), 1.0)
-    out: FloatArray = np.minimum(np.sqrt(np.log(k) / (k * tt)), eta_max)
-    return out
-
-
-def softmax_weights(losses: FloatArray, eta: FloatArray, active: BoolArray) -> FloatArray:
-    """Normalised exponential weights ``softmax(−η L̃)`` over active arms (0 elsewhere).
-
-    Computed from the log domain with the usual max shift, so no weight is ever
-    exponentiated raw and nothing overflows.
-    """
-    z = np.where(active, -eta[:, None] * losses, -np.inf)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float64)
-
-
-def mixed_probabilities(
-    losses: FloatArray, eta: FloatArray, active: BoolArray, uniform_mix: float
-) -> FloatArray:
-    """``(1 − ε)·softmax(−η L̃) + ε / K_active`` over active arms; rows sum to 1."""
-    p = softmax_weights(losses, eta, active)
-    if uniform_mix > 0.0:
-        k_active = active.sum(axis=1, keepdims=True)
-        p = np.where(active, (1.0 - uniform_mix) * p + uniform_mix / k_active, 0.0)
-    return p
-
-
-def average_weight_loss(losses: FloatArray, eta: FloatArray, active: BoolArray) -> FloatArray:
-    """Loss estimate of a new arm whose weight is the mean weight of the active arms.
-
-    ``L̃_new = −(logsumexp(−η L̃) − ln K) / η``: its weight is Σw/K, so its probability is
-    exactly 1/(K+1) (also after uniform mixing, which is uniform).
-    """
-    z = np.where(active, -eta[:, None] * losses, -np.inf)
-    k = active.sum(axis=1)
-    lse = special.logsumexp(z, axis=1)
-    return np.asarray(-(lse - np.log(k)) / eta, dtype=np.float64)
 
 
 # ---- batch helpers -------------------------------------------------------------------------

@@ -6,10 +6,15 @@ Arm names (:func:`arm_name`, the same naming the stream stage uses):
 * ``family`` mode — one arm per model family (``"lightgbm"``); one learner per horizon;
 * ``horizon`` mode — one arm per horizon (``"15m"``); one learner;
 * ``family_horizon`` mode — one arm per pair, ``"family:horizon"`` (``"lightgbm:15m"``); one
-  learner, and the weights of a horizon are its pairs renormalised.
+  learner per horizon over that horizon's pairs, with its own t, η and γ, so its probabilities
+  (and the propensity :meth:`EnsembleWeightOptimizer.select` returns) are normalised within
+  the horizon.
 
-Published weights are the base weights until the learner has absorbed ``warm_start_steps``
-rounds, then ``(1 − blend_alpha)·base + blend_alpha·bandit``.
+Bandit feedback (:meth:`~EnsembleWeightOptimizer.update`) is Exp3-IX; full information
+(:meth:`~EnsembleWeightOptimizer.update_full`) is Hedge at the full-information rate, a model
+that did not report being charged the mean loss of those that did. Published weights are the
+base weights until the learner has absorbed ``warm_start_steps`` rounds, then
+``(1 − blend_alpha)·base + blend_alpha·bandit``.
 """
 
 from __future__ import annotations
@@ -60,10 +65,11 @@ class EnsembleWeightOptimizer:
         base_weights: Base weight per arm name (default uniform); normalised per horizon.
         gamma: Exp3-IX γ (None: η/2).
         eta: Learning rate (None: anytime schedule).
-        eta_max: Cap of the anytime learning rate.
+        eta_max: Cap of the anytime rate of bandit-feedback rounds (Hedge is not capped).
         reward_range: Reward (bps) range mapped to losses in [0, 1].
         uniform_mix: Uniform mixing ε of the selection probabilities.
         seed: Seed of :meth:`select`.
+        share: Fixed-share α for a best model that changes over time (0 = off).
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class EnsembleWeightOptimizer:
         reward_range: tuple[float, float] = (-100.0, 100.0),
         uniform_mix: float = 0.0,
         seed: int | None = None,
+        share: float = 0.0,
     ) -> None:
         if mode not in MODES:
             msg = f"mode must be one of {MODES}, got {mode!r}"
@@ -111,6 +118,7 @@ class EnsembleWeightOptimizer:
             eta_max=eta_max,
             reward_range=reward_range,
             uniform_mix=uniform_mix,
+            share=share,
         )
         self.base_weights: dict[str, float] = dict.fromkeys(arms, 1.0)
         if base_weights is not None:
@@ -127,10 +135,16 @@ class EnsembleWeightOptimizer:
         if horizon not in self.horizons:
             msg = f"unknown horizon {horizon!r}"
             raise BanditInputError(msg)
-        return horizon if self.mode == "family" else _ALL
+        return _ALL if self.mode == "horizon" else horizon
 
     def _row(self, horizon: str) -> np.ndarray:
-        return self.bandit.rows([self._key(horizon)])
+        key = self._key(horizon)
+        new = self.bandit.row_of(key) is None
+        rows = self.bandit.rows([key])
+        if new and self.mode == "family_horizon":
+            mine = {arm_name(self.mode, f, horizon) for f in self.families}
+            self.bandit.set_active(rows, [n in mine for n in self.bandit.arm_names])
+        return rows
 
     def _arms_of(self, horizon: str) -> list[str]:
         """Arms whose weights are published for ``horizon``."""
@@ -193,14 +207,11 @@ class EnsembleWeightOptimizer:
         return {k: (1.0 - a) * base[k] + a * bandit[k] for k in base}
 
     def select(self, horizon: str) -> tuple[str, float]:
-        """Draw an arm for ``horizon`` with its propensity (log it with the trade)."""
+        """Draw an arm for ``horizon`` with its propensity (log it with the trade): the
+        probability with which it was drawn, within the horizon's learner."""
         rows = self._row(horizon)
-        cols = [self.bandit.column(n) for n in self._arms_of(horizon)]
-        probs = self.bandit.probabilities(rows)[0]
-        sub = probs[cols] / probs[cols].sum()
-        i = int(np.searchsorted(np.cumsum(sub), self._rng.random(), side="right"))
-        i = min(i, len(cols) - 1)
-        return self.bandit.arm_names[cols[i]], float(probs[cols[i]])
+        arms, props = self.bandit.select(rows, np.array([self._rng.random()]))
+        return self.bandit.arm_names[int(arms[0])], float(props[0])
 
     def update(
         self, family: str, horizon: str, reward: float, propensity: float | None = None
@@ -267,6 +278,42 @@ class EnsembleWeightOptimizer:
             reward_range=tuple(b["reward_range"]),
             uniform_mix=b["uniform_mix"],
             seed=seed,
+            share=b.get("share", 0.0),
         )
-        obj.bandit = KeyedExp3IX.from_dict(b)
+        bandit = KeyedExp3IX.from_dict(b)
+        if obj.mode == "family_horizon" and _ALL in bandit.keys:
+            bandit = _split_family_horizon(bandit, obj.horizons)
+        obj.bandit = bandit
         return obj
+
+
+def _split_family_horizon(old: KeyedExp3IX, horizons: Sequence[str]) -> KeyedExp3IX:
+    """A 0.2 ``family_horizon`` learner (one row ``*`` over every pair) as one row per horizon.
+
+    Each horizon keeps its pairs' loss estimates, pulls and rewards; its bandit rounds are its
+    pulls and the other rounds of the shared row are split evenly (0.2 did not count them per
+    horizon). Rows of horizons not in ``horizons`` are dropped.
+    """
+    new = KeyedExp3IX.from_dict({**old.to_dict(), "keys": [], "arrays": {}})
+    row = old.row_of(_ALL)
+    assert row is not None
+    state = old.get_key_state(_ALL)
+    names = state["arm_names"]
+    full = state["total_steps"] - state["bandit_steps"]
+    share, extra = divmod(full, len(horizons))
+    for j, h in enumerate(horizons):
+        idx = [i for i, n in enumerate(names) if n.rpartition(":")[2] == h]
+        if not idx:
+            continue
+        pulls = [state["arm_pulls"][i] for i in idx]
+        sub = {
+            "arm_names": [names[i] for i in idx],
+            "loss_estimates": [state["loss_estimates"][i] for i in idx],
+            "arm_pulls": pulls,
+            "cumulative_rewards": [state["cumulative_rewards"][i] for i in idx],
+            "bandit_steps": sum(pulls),
+            "total_steps": sum(pulls) + share + (1 if j < extra else 0),
+            "version": state["version"],
+        }
+        new.set_key_state(h, sub)
+    return new

@@ -49,6 +49,7 @@ class SingleKeyExp3View:
         reward_range: tuple[float, float],
         uniform_mix: float,
         seed: int | None,
+        share: float = 0.0,
     ) -> None:
         names = [f"arm_{i}" for i in range(n_arms)] if arm_names is None else list(arm_names)
         if len(names) != n_arms or n_arms < 1:
@@ -61,6 +62,7 @@ class SingleKeyExp3View:
             eta_max=eta_max,
             reward_range=reward_range,
             uniform_mix=uniform_mix,
+            share=share,
             capacity=1,
         )
         self._row = int(self.keyed.rows([self._KEY])[0])
@@ -148,10 +150,12 @@ class SingleKeyExp3View:
             cols = self._cols()
             others = cols[cols != col]
             eta = float(self.keyed._next_eta(self._rows)[0])
-            losses = self.keyed.loss_estimates[self._row, others]
-            lse = float(np.logaddexp.reduce(-eta * losses))
+            k = self.keyed
+            z = k.log_prior[self._row, others] - eta * k.loss_estimates[self._row, others]
             odds = math.log(initial_weight / (1.0 - initial_weight))
-            self.keyed.loss_estimates[self._row, col] = -(odds + lse) / eta
+            # in the prior, not in L̃: exact whatever η is (η > 0 here: K + 1 ≥ 2 arms)
+            k.log_prior[self._row, col] = odds + float(np.logaddexp.reduce(z))
+            k.loss_estimates[self._row, col] = 0.0
         return self.get_arm_index(arm_name)
 
     def remove_arm(self, arm_name: str) -> None:
@@ -200,6 +204,7 @@ def _config_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
         "eta": eta,
         "eta_max": state.get("eta_max", 0.07),
         "reward_range": (float(lo), float(hi)),
+        "share": float(state.get("share", 0.0)),
     }
 
 
@@ -210,11 +215,12 @@ class Exp3IXBandit(SingleKeyExp3View):
         n_arms: Number of arms.
         arm_names: Their names (default ``arm_0``…).
         gamma: Fixed implicit exploration, None for η_t/2.
-        eta: Fixed learning rate, None for the anytime schedule.
+        eta: Fixed learning rate, None for the anytime schedule ``min(eta_max, sqrt(ln K/(K t)))``.
         eta_max: Cap of the anytime learning rate.
         reward_range: Rewards are mapped to losses over this range.
         uniform_mix: Optional uniform mixing ε.
         seed: Seed of :meth:`select_arm`.
+        share: Fixed-share α (Exp3-SIX) for a best arm that changes over time; 0 = off.
 
     Example:
         >>> b = Exp3IXBandit(3, ["a", "b", "c"], reward_range=(0.0, 1.0), seed=7)
@@ -233,6 +239,7 @@ class Exp3IXBandit(SingleKeyExp3View):
         reward_range: tuple[float, float] = (-100.0, 100.0),
         uniform_mix: float = 0.0,
         seed: int | None = None,
+        share: float = 0.0,
     ) -> None:
         super().__init__(
             n_arms,
@@ -243,6 +250,7 @@ class Exp3IXBandit(SingleKeyExp3View):
             reward_range=reward_range,
             uniform_mix=uniform_mix,
             seed=seed,
+            share=share,
         )
 
     @property

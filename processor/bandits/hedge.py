@@ -1,8 +1,11 @@
 """Hedge: the full-information variant of the log-domain Exp3-IX core.
 
-Every round reports every arm's own reward (NaN for an arm not observed that round); each
-observed arm's loss is added to its cumulative loss without importance weighting. State, arm
-management and serialization are those of :class:`~processor.bandits.exp3ix.Exp3IXBandit`.
+Every round reports every arm's own reward (NaN, or a missing name, for an arm that did not
+report). Reported arms add their own loss; an arm that did not report is charged the mean loss
+of those that did, so it neither wins nor loses against them that round — charging it nothing
+would make silence the best strategy. The anytime rate is the full-information one,
+``η_t = sqrt(8 ln K / t)``, with no cap. State, arm management and serialization are those of
+:class:`~processor.bandits.exp3ix.Exp3IXBandit`.
 """
 
 from __future__ import annotations
@@ -26,10 +29,14 @@ class Hedge(SingleKeyExp3View):
     Args:
         n_arms: Number of arms.
         arm_names: Their names (default ``arm_0``…).
-        eta: Fixed learning rate, None for min(eta_max, sqrt(ln K / (K t))).
-        eta_max: Cap of the anytime learning rate.
+        eta: Fixed learning rate, None for the anytime ``sqrt(8 ln K / t)`` (with ``share``:
+            see :mod:`processor.bandits.expweights`).
+        eta_max: Cap of the rate of bandit-feedback rounds only; a Hedge learner has none
+            (kept for compatibility with the original signature).
         reward_range: Rewards are mapped to losses in [0, 1] over this range.
         seed: Seed of :meth:`select_arm`.
+        share: Fixed-share α (Herbster–Warmuth) so the weights can follow a best arm that
+            changes; 0 = off.
 
     Example:
         >>> h = Hedge(2, ["a", "b"], reward_range=(0.0, 1.0))
@@ -47,6 +54,7 @@ class Hedge(SingleKeyExp3View):
         eta_max: float = 0.07,
         reward_range: tuple[float, float] = (-100.0, 100.0),
         seed: int | None = None,
+        share: float = 0.0,
     ) -> None:
         super().__init__(
             n_arms,
@@ -57,14 +65,15 @@ class Hedge(SingleKeyExp3View):
             reward_range=reward_range,
             uniform_mix=0.0,
             seed=seed,
+            share=share,
         )
 
     def update(self, rewards: Mapping[str, float] | ArrayLike) -> None:
-        """One round: every arm's reward, as a name → reward mapping (missing = unobserved)
-        or an array in arm-index order (NaN = unobserved).
+        """One round: every arm's reward, as a name → reward mapping (missing = did not report)
+        or an array in arm-index order (NaN = did not report). At least one arm must report.
 
         Raises:
-            BanditInputError: unknown arm name, wrong length or ±inf.
+            BanditInputError: unknown arm name, wrong length, ±inf, or no arm reported.
         """
         names = self.arm_names
         row = np.full(len(self.keyed.arm_names), np.nan)
@@ -97,6 +106,7 @@ class Hedge(SingleKeyExp3View):
             eta_max=cfg["eta_max"],
             reward_range=cfg["reward_range"],
             seed=seed,
+            share=cfg["share"],
         )
         obj._load(state)
         return obj

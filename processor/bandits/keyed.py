@@ -66,7 +66,7 @@ class KeyedThompson(KeyTable):
 
     Args:
         arm_names: Global column order of the arms.
-        prior_alpha: Beta prior α0 (> 0; propensities are tested to 1e-6 down to 0.5).
+        prior_alpha: Beta prior α0 (> 0; propensities are tested to 1e-6 down to 0.01).
         prior_beta: Beta prior β0.
         discount: Per-``discount_unit_ms`` decay factor of the counts, in (0, 1]; 1 = stationary.
         discount_unit_ms: Time unit of the decay.

@@ -65,18 +65,23 @@ class ThompsonSamplerArm:
         """One draw θ ~ Beta(α, β)."""
         return float(self._rng.beta(self.alpha, self.beta))
 
-    def update(self, reward: float, success: bool | None = None) -> None:
-        """Count a success (default: ``reward > 0``) or a failure.
+    def update(self, reward: float, success: bool | float | None = None) -> None:
+        """Count a success (default: ``reward > 0``) or a failure; a fractional ``success``
+        s in [0, 1] adds s to α and 1 − s to β, as :meth:`ThompsonSampling.update` does.
 
         Raises:
-            BanditInputError: NaN/inf reward (nothing changes).
+            BanditInputError: NaN/inf reward, or ``success`` outside [0, 1] (nothing changes).
         """
         r = float(check_finite("reward", reward))
-        ok = r > 0.0 if success is None else bool(success)
-        if ok:
-            self.alpha += 1.0
+        if success is None:
+            s = 1.0 if r > 0.0 else 0.0
         else:
-            self.beta += 1.0
+            s = float(check_finite("success", float(success)))
+            if not 0.0 <= s <= 1.0:
+                msg = f"success must be a bool or a fraction in [0, 1], got {success}"
+                raise BanditInputError(msg)
+        self.alpha += s
+        self.beta += 1.0 - s
         self.n_updates += 1
         self.total_reward += r
 

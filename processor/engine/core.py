@@ -293,8 +293,12 @@ class PartitionEngine:
             self._dead(out, source, idx[j], error_class, reason)
         out.trades_applied += len(records) - len(rejected)
         self.dirty_ensembles.update(changed)
+        encode = self.serdes["EnsembleWeights"].encode
         for key in sorted(changed):
-            out.weights.append(self._encode_weights(key))
+            # one record per learner that changed (per horizon in family_horizon mode)
+            for horizon in changed[key]:
+                snap = self.ensembles.snapshot(key, horizon or None)
+                out.weights.append((key.encode(), encode(snap)))
 
     def _requests(self, source: SourceBatch, out: EngineOutputs, now_ms: int) -> None:
         p = source.partition

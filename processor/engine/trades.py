@@ -1,4 +1,10 @@
-"""Trade outcomes → ensemble updates, vectorized per run of one feedback kind."""
+"""Trade outcomes → ensemble updates, vectorized per run of one feedback kind.
+
+Each trade goes to the learner of its ensemble (in ``family_horizon`` mode: of its ensemble and
+horizon). A bandit-feedback arm or a reported model must belong to that learner: in
+``family_horizon`` mode a ``family:horizon`` arm of another horizon than the trade's is a dead
+letter, as is an unknown or removed arm.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from processor.bandits.rewards import trade_reward_bps
-from processor.engine.ensembles import EnsembleTable, arm_for
+from processor.engine.ensembles import EnsembleTable, arm_for, horizon_of
 
 BANDIT, FULL, CONTRIB = 0, 1, 2
 
@@ -20,12 +26,14 @@ def _column(records: Sequence[dict[str, Any]], name: str) -> np.ndarray:
 
 def process_trades(
     table: EnsembleTable, records: Sequence[dict[str, Any]]
-) -> tuple[dict[int, tuple[str, str]], set[str]]:
+) -> tuple[dict[int, tuple[str, str]], dict[str, tuple[str, ...]]]:
     """Validate and apply a batch of TradeOutcome records in order.
 
     Returns:
         ``(rejected, changed)``: ``{record index: (error class, reason)}`` for records that were
-        not applied (state untouched by them) and the ensemble ids whose state changed.
+        not applied (state untouched by them), and ``{ensemble id: horizons}`` of the ensembles
+        whose state changed with the horizons whose learner did (``("",)`` when one learner
+        serves every horizon).
     """
     n = len(records)
     cfg = table.config
@@ -59,9 +67,22 @@ def process_trades(
     matrix = np.full((n, k), np.nan)
     to_add: list[tuple[int, str, str]] = []
 
+    configured = set(cfg.horizons)
+
     def resolve(j: int, name: str, horizon: str) -> int | None:
         arm = arm_for(cfg.mode, name, horizon, names)
+        if table.per_horizon and horizon_of(arm) != horizon:
+            rejected[j] = ("unknown_arm", f"arm {arm!r} is not a model of horizon {horizon!r}")
+            return None
         col = arm_index.get(arm)
+        ens = records[j]["ensemble_id"]
+        if (
+            col is not None
+            and table.per_horizon
+            and horizon not in configured
+            and horizon not in table.horizons_of(ens)
+        ):
+            col = None  # a horizon this ensemble has no learner for: its arms are unknown here
         if col is None:
             if cfg.unknown_arms == "add":
                 to_add.append((j, records[j]["ensemble_id"], arm))
@@ -124,8 +145,9 @@ def process_trades(
             matrix[j, col] = value
 
     keys = [r["ensemble_id"] for r in records]
-    # Arms must be active for the key (a removed arm is as unknown as a never-seen one).
-    existing = table.rows(keys, create=False)
+    horizons = [r["horizon"] for r in records]
+    # Arms must be active for the learner (a removed arm is as unknown as a never-seen one).
+    existing = table.learner_rows(keys, horizons, create=False)
     for j in np.flatnonzero((kind == BANDIT) & (existing >= 0)).tolist():
         if not table.bandit.active[existing[j], arm_col[j]]:
             rejected[j] = ("unknown_arm", f"arm {names[arm_col[j]]!r} is removed for {keys[j]!r}")
@@ -142,15 +164,23 @@ def process_trades(
 
     accepted = np.flatnonzero(kind >= 0)
     if accepted.size == 0:
-        return rejected, set()
+        return rejected, {}
     # Auto-added arms (unknown_arms: add) are enabled before the updates that mention them.
     if to_add:
         for j, key, arm in to_add:
-            if kind[j] >= 0:
+            if kind[j] >= 0 and not table.has_arm(key, arm):
                 table.add_arm(key, arm)
         return _retry_after_add(table, records, rejected)
     acc_keys = [keys[j] for j in accepted.tolist()]
-    rows = table.rows(acc_keys, create=True)
+    acc_horizons = [horizons[j] for j in accepted.tolist()]
+    rows = table.learner_rows(acc_keys, acc_horizons, create=True)
+    lost = np.flatnonzero(rows < 0)
+    if lost.size:  # an arm of an unknown horizon named in full information: no learner
+        for i in lost.tolist():
+            j = int(accepted[i])
+            rejected[j] = ("unknown_arm", f"no learner for horizon {horizons[j]!r}")
+        kind[accepted[lost]] = -1
+        return _retry_after_add(table, records, rejected)
     kinds = kind[accepted]
     # Apply maximal runs of one feedback kind in event order, so η_t / γ_t see the same t as a
     # one-by-one application would.
@@ -164,15 +194,18 @@ def process_trades(
             table.apply_full(rows[s:e], matrix[sel])
     table.note_events(
         acc_keys,
-        [records[j]["horizon"] for j in accepted.tolist()],
+        acc_horizons,
         np.array([records[j]["event_time"] for j in accepted.tolist()], dtype=np.int64),
     )
-    return rejected, set(acc_keys)
+    changed: dict[str, set[str]] = {}
+    for key, h in zip(acc_keys, acc_horizons, strict=True):
+        changed.setdefault(key, set()).add(h if table.per_horizon else "")
+    return rejected, {key: tuple(sorted(hs)) for key, hs in changed.items()}
 
 
 def _retry_after_add(
     table: EnsembleTable, records: Sequence[dict[str, Any]], rejected: dict[int, tuple[str, str]]
-) -> tuple[dict[int, tuple[str, str]], set[str]]:
+) -> tuple[dict[int, tuple[str, str]], dict[str, tuple[str, ...]]]:
     """Second pass once auto-added arms exist (rare path: new model names)."""
     keep = [j for j in range(len(records)) if j not in rejected]
     sub_rejected, changed = process_trades(table, [records[j] for j in keep])

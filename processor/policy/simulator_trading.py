@@ -2,8 +2,10 @@
 
 Models are families × horizons with hidden normal P&L distributions in basis points (under the
 ``"regime_switch"`` scenario the model means are reversed at ``switch_ms``). Trades are emitted
-with bandit (one arm and its propensity), full-information (every arm's reward) or contribution
-(family shares) feedback.
+with bandit (one arm and its propensity), full-information (every arm's reward, or with
+``report_prob`` only the models that report that trade) or contribution (family shares)
+feedback. :meth:`TradingMarket.set_trading_truth` replaces the hidden means and spreads — e.g. a
+steady edge for one model, or a best model that changes at a given time (non-stationary case).
 
 :class:`TradingMarket` is a mixin of :class:`processor.policy.simulator.MarketSimulator`, which
 draws the hidden parameters; import the simulator from there.
@@ -42,6 +44,46 @@ class TradingMarket:
     model_mean_bps: F64
     model_sd_bps: F64
     _trade_counter: int
+    _trade_switch: tuple[int, F64] | None = None  # (time, means from then on)
+
+    def set_trading_truth(
+        self,
+        mean_bps: Mapping[str, float],
+        sd_bps: float = 30.0,
+        *,
+        switch_ms: int | None = None,
+        mean_after_bps: Mapping[str, float] | None = None,
+    ) -> None:
+        """Set the hidden P&L of the models (``family:horizon``, or a family for all of its
+        horizons); models not named get 0 bps. With ``switch_ms`` the means become
+        ``mean_after_bps`` at that event time (a best model that changes mid-run).
+
+        Raises:
+            ConfigError: an unknown model or family, a spread not > 0, or a switch without means.
+        """
+        if not sd_bps > 0:
+            msg = f"sd_bps must be > 0, got {sd_bps}"
+            raise ConfigError(msg)
+        self.model_mean_bps = self._means_of(mean_bps)
+        self.model_sd_bps = np.full(len(self.model_arms), float(sd_bps))
+        if switch_ms is None:
+            self._trade_switch = None
+            return
+        if mean_after_bps is None:
+            msg = "switch_ms needs mean_after_bps"
+            raise ConfigError(msg)
+        self._trade_switch = (int(switch_ms), self._means_of(mean_after_bps))
+
+    def _means_of(self, means: Mapping[str, float]) -> F64:
+        out = np.zeros(len(self.model_arms))
+        fam = [a.split(":")[0] for a in self.model_arms]
+        for name, value in means.items():
+            hit = [i for i, a in enumerate(self.model_arms) if name in (a, fam[i])]
+            if not hit:
+                msg = f"unknown model or family {name!r}; models: {', '.join(self.model_arms)}"
+                raise ConfigError(msg)
+            out[hit] = float(value)
+        return out
 
     def trade_arms(self, arm_mode: str = "family_horizon") -> tuple[str, ...]:
         """Arm names of the trading bandit in ``arm_mode``."""
@@ -66,6 +108,9 @@ class TradingMarket:
         return {a: float(m) for a, m in zip(self.model_arms, mu, strict=True)}
 
     def _model_means(self, at_ms: int) -> F64:
+        if self._trade_switch is not None:
+            switch_ms, after = self._trade_switch
+            return after if at_ms >= switch_ms else self.model_mean_bps
         if self.scenario == "regime_switch" and at_ms >= self.switch_ms:
             return self.model_mean_bps[::-1].copy()
         return self.model_mean_bps
@@ -80,6 +125,7 @@ class TradingMarket:
         arm_mode: str = "family_horizon",
         probabilities: Mapping[str, float] | Sequence[float] | None = None,
         ensemble_id: str = "ens-0",
+        report_prob: Mapping[str, float] | None = None,
     ) -> list[dict[str, Any]]:
         """Generate ``n`` TradeOutcome dicts.
 
@@ -93,12 +139,23 @@ class TradingMarket:
             probabilities: Arm probabilities (mapping or sequence in :meth:`trade_arms` order);
                 uniform by default.
             ensemble_id: Ensemble id of every trade.
+            report_prob: Full information only: the probability that an arm reports a trade
+                (arm name → probability, 1 for arms not named). Partial reports; when no arm
+                reports, the arm most likely to report does (a trade needs one report).
         """
         if feedback not in FEEDBACK_KINDS:
             msg = f"feedback must be one of {FEEDBACK_KINDS}, got {feedback!r}"
             raise ConfigError(msg)
         arms = self.trade_arms(arm_mode)
         p = self._probs(arms, probabilities)
+        unknown = set(report_prob or {}) - set(arms)
+        if unknown:
+            msg = f"report_prob names unknown arms {sorted(unknown)}; arms: {', '.join(arms)}"
+            raise ConfigError(msg)
+        reports = np.array([float((report_prob or {}).get(a, 1.0)) for a in arms])
+        if np.any((reports < 0) | (reports > 1)) or reports.max() <= 0:
+            msg = "report_prob must be in [0, 1], and some arm must report"
+            raise ConfigError(msg)
         rng = np.random.default_rng([self.seed, 3, self._trade_counter])
         times = start_ms + (np.arange(n) * (1000.0 / rate_per_s)).astype(np.int64)
         out = []
@@ -119,8 +176,12 @@ class TradingMarket:
                 if arm_mode != "family":
                     horizon = arms[a].split(":")[-1]
             elif feedback == "full":
-                rec["model_rewards"] = arm_r
                 net = float(sum(p[i] * arm_r[a] for i, a in enumerate(arms)))
+                if report_prob is not None:
+                    told = rng.random(len(arms)) < reports
+                    told[int(np.argmax(reports))] |= not told.any()
+                    arm_r = {a: r for a, r, t in zip(arms, arm_r.values(), told, strict=True) if t}
+                rec["model_rewards"] = arm_r
             else:
                 fam_r = self._arm_rewards(draws, "family")
                 fam_p = self._family_shares(arms, p)

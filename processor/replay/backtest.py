@@ -33,6 +33,8 @@ import numpy.typing as npt
 from processor.bandits.rewards import trade_reward_bps
 from processor.config import AppConfig
 from processor.engine import DeadLetter, PartitionEngine, SourceBatch
+from processor.engine.ensembles import EnsembleTable, arm_for
+from processor.errors import StateError
 from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import OutcomeBatch
 from processor.replay.source import RawRecord, iso
@@ -103,6 +105,9 @@ class BacktestResult:
     outcome_records: list[dict[str, Any]] = field(default_factory=list)
     outcome_rewards: list[F64] = field(default_factory=list)
     trades: list[tuple[str, str, float, float, int]] = field(default_factory=list)
+    # Per trade of ``trades``: its learner and the candidate's probabilities over the learner's
+    # arms just before the trade's batch (the candidate's own choice; ensemble OPE).
+    trade_targets: list[tuple[str, dict[str, float]]] = field(default_factory=list)
     rejection_rewards: list[float] = field(default_factory=list)
     rejection_seen: int = 0
     # Timelines, one point per batch: (batch end event time, values).
@@ -151,6 +156,7 @@ class Backtest:
         self.engine = PartitionEngine(config, 0, self.serdes)
         self.rejector = PartitionEngine(config, 0, self.serdes) if rejection else None
         self.rejection_choice: dict[str, str] = {}
+        self._probe: EnsembleTable | None = None
         self.result = BacktestResult()
         self._inputs = set(config.topics.inputs)
 
@@ -192,6 +198,9 @@ class Backtest:
             sb.append(r.key, r.value, base + i)
             res.events_by_topic[r.topic] += 1
         now_ms = batch[-1].event_time
+        trade_src = sources.get(topics.trade_outcomes)
+        trade_pairs = self._decoded(trade_src, "TradeOutcome", set())
+        targets = [self._ensemble_target(rec) for rec, _ in trade_pairs]
         out = self.engine.process(sources, now_ms=now_ms)
         res.events += len(batch)
         res.batches += 1
@@ -224,8 +233,13 @@ class Backtest:
             res.outcome_records += outcome_records
             rewards, _ = self.engine.policy.rewards(OutcomeBatch.from_records(outcome_records))
             res.outcome_rewards.append(rewards)
-        trades = self._decoded(sources.get(topics.trade_outcomes), "TradeOutcome", dead)
-        self._trades([rec for rec, _ in trades])
+        self._trades(
+            [
+                (rec, target)
+                for (rec, i), target in zip(trade_pairs, targets, strict=True)
+                if trade_src is not None and trade_src.offsets[i] not in dead
+            ]
+        )
         if self.rejector is not None:
             self._reject(sources, outcome_pairs, now_ms)
 
@@ -269,12 +283,35 @@ class Backtest:
         point = {k: v / len(recs) for k, v in sorted(total.items())}
         self.result.weight_timeline.append((now_ms, point))
 
-    def _trades(self, records: list[dict[str, Any]]) -> None:
-        bandit = [r for r in records if r.get("arm") and r.get("propensity")]
+    def _ensemble_target(self, rec: dict[str, Any]) -> tuple[str, dict[str, float]] | None:
+        """The candidate's learner and probabilities for a bandit-feedback trade, before it."""
+        name = rec.get("arm") or rec.get("family")
+        if not name or not rec.get("propensity"):
+            return None
+        table = self.engine.ensembles
+        key, horizon = rec["ensemble_id"], rec["horizon"]
+        label = table.learner_key(key, horizon).replace("\x00", "@")
+        if not table.has_key(key) or (table.per_horizon and horizon not in table.horizons_of(key)):
+            if self._probe is None:  # what a learner that has seen nothing plays
+                self._probe = EnsembleTable(self.config.ensemble)
+                self._probe.rows(["probe"])
+            table, key = self._probe, "probe"
+        try:
+            snap = table.snapshot(key, horizon if table.per_horizon else None)
+        except StateError:  # a horizon with no learner: the candidate has no arm to play
+            return label, {}
+        return label, snap["probabilities"]
+
+    def _trades(
+        self, pairs: list[tuple[dict[str, Any], tuple[str, dict[str, float]] | None]]
+    ) -> None:
+        bandit = [(r, t) for r, t in pairs if r.get("arm") and r.get("propensity")]
         if not bandit:
             return
+        mode = self.config.ensemble.mode
+        names = self.engine.ensembles.bandit.arm_names
         cols = {
-            name: np.array([float(r[name]) for r in bandit])
+            name: np.array([float(r[name]) for r, _ in bandit])
             for name in ("side", "entry_price", "exit_price", "quantity", "fees", "slippage")
         }
         with np.errstate(all="ignore"):
@@ -286,11 +323,14 @@ class Backtest:
                 cols["fees"],
                 cols["slippage"],
             )
-        for r, x in zip(bandit, np.asarray(reward).tolist(), strict=True):
+        for (r, target), x in zip(bandit, np.asarray(reward).tolist(), strict=True):
             if np.isfinite(x):
+                arm = arm_for(mode, r["arm"], r["horizon"], names)
                 self.result.trades.append(
-                    (r["ensemble_id"], r["arm"], float(r["propensity"]), x, int(r["event_time"]))
+                    (r["ensemble_id"], arm, float(r["propensity"]), x, int(r["event_time"]))
                 )
+                if target is not None:
+                    self.result.trade_targets.append(target)
 
     def _reject(
         self,

@@ -140,40 +140,11 @@ def bidding_analysis(result: BacktestResult, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def ensemble_analysis(result: BacktestResult) -> dict[str, Any]:
-    """Regret of the logged ensemble choices against each ensemble's best fixed arm (IPS)."""
-    trades = result.trades
-    if not trades:
-        return {"trades": 0}
-    keys = np.array([t[0] for t in trades], dtype=str)
-    vocab, arm = _arm_index([], [t[1] for t in trades])
-    prop = np.array([t[2] for t in trades])
-    rewards = np.array([t[3] for t in trades])
-    ensembles, g = np.unique(keys, return_inverse=True)
-    means, best = hindsight(g, arm, prop, rewards, ensembles.size, len(vocab))
-    best_val = means[np.arange(ensembles.size), best]
-    regret = np.cumsum(best_val[g] - rewards)
-    count = np.bincount(g, minlength=ensembles.size)
-    sum_r = np.bincount(g, weights=rewards, minlength=ensembles.size)
-    x, rc = thin(regret)
-    _, cc = thin(np.cumsum(rewards))
-    return {
-        "trades": len(trades),
-        "reward_total_bps": float(rewards.sum()),
-        "regret_bps": float(regret[-1]),
-        "per_ensemble": [
-            {
-                "ensemble_id": str(ensembles[i]),
-                "trades": int(count[i]),
-                "reward_bps": float(sum_r[i]),
-                "best_arm": vocab[int(best[i])],
-                "best_arm_value_ips": float(best_val[i]),
-                "regret_bps": float(count[i] * best_val[i] - sum_r[i]),
-            }
-            for i in range(ensembles.size)
-        ],
-        "curves": {"x": x, "regret": rc, "reward": cc},
-    }
+def ensemble_analysis(result: BacktestResult, seed: int = 0) -> dict[str, Any]:
+    """Regret and off-policy estimates for ensembles (:mod:`processor.replay.ope_ensemble`)."""
+    from processor.replay.ope_ensemble import ensemble_analysis as analyse
+
+    return analyse(result, seed)
 
 
 def build_report(
@@ -200,7 +171,7 @@ def build_report(
         },
         "run": {"seconds": round(result.seconds, 3), "events_per_s": round(result.throughput, 1)},
         "bidding": bidding_analysis(result, seed),
-        "ensembles": ensemble_analysis(result),
+        "ensembles": ensemble_analysis(result, seed),
         "timelines": {
             "arm_probabilities": result.arm_timeline[:: max(1, len(result.arm_timeline) // 400)],
             "ensemble_probabilities": result.weight_timeline[
@@ -375,6 +346,10 @@ def render_html(report: Mapping[str, Any]) -> str:
     if bid.get("outcomes"):
         parts += ["<h2>Per campaign</h2>", _table(bid["per_campaign"], limit=200)]
     if report["ensembles"].get("trades"):
+        ens_est = report["ensembles"].get("estimates", {})
+        if ens_est:
+            rows = [{"estimator": k, **v} for k, v in ens_est.items()]
+            parts += ["<h2>Off-policy estimates (value per trade, bps)</h2>", _table(rows)]
         parts += ["<h2>Per ensemble</h2>", _table(report["ensembles"]["per_ensemble"], limit=200)]
     parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in NOTES))
     parts.append("</ul></body></html>")

@@ -191,13 +191,21 @@ def test_thompson_deterministic_and_arms() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(evs=events, gamma=st.sampled_from([None, 0.05]), mix=st.sampled_from([0.0, 0.1]))
+@given(
+    evs=events,
+    gamma=st.sampled_from([None, 0.05]),
+    mix=st.sampled_from([0.0, 0.1]),
+    share=st.sampled_from([0.0, 0.001, 0.2]),
+)
 def test_exp3_batch_equals_sequential(
-    evs: list[tuple[int, int, float, int, float, float]], gamma: float | None, mix: float
+    evs: list[tuple[int, int, float, int, float, float]],
+    gamma: float | None,
+    mix: float,
+    share: float,
 ) -> None:
     e = _arrays(evs)
-    batch = KeyedExp3IX(ARMS, gamma=gamma, uniform_mix=mix)
-    seq = KeyedExp3IX(ARMS, gamma=gamma, uniform_mix=mix)
+    batch = KeyedExp3IX(ARMS, gamma=gamma, uniform_mix=mix, share=share)
+    seq = KeyedExp3IX(ARMS, gamma=gamma, uniform_mix=mix, share=share)
     batch.rows(KEYS)
     seq.rows(KEYS)
     batch.update(e["rows"], e["arms"], e["rewards"], e["props"])
@@ -221,10 +229,12 @@ def test_exp3_batch_equals_sequential(
     ),
     rows=st.lists(st.integers(0, 2), min_size=10, max_size=10),
 )
-def test_hedge_batch_equals_sequential(m: list[list[float]], rows: list[int]) -> None:
+@pytest.mark.parametrize("share", [0.0, 0.01])
+def test_hedge_batch_equals_sequential(m: list[list[float]], rows: list[int], share: float) -> None:
     mat = np.array(m)
+    mat[np.isnan(mat).all(axis=1), 0] = 0.0  # a round needs at least one report
     r = np.array(rows[: len(m)], dtype=np.int64)
-    batch, seq = KeyedExp3IX(ARMS), KeyedExp3IX(ARMS)
+    batch, seq = KeyedExp3IX(ARMS, share=share), KeyedExp3IX(ARMS, share=share)
     batch.rows(KEYS)
     seq.rows(KEYS)
     batch.update_full(r, mat)

@@ -39,6 +39,23 @@ def test_sampler_arm_updates_and_interval() -> None:
         ThompsonSamplerArm("x", prior_alpha=0.0)
 
 
+def test_sampler_arm_fractional_success_matches_thompson_sampling() -> None:
+    arm = ThompsonSamplerArm("a")
+    arm.update(0.0, success=0.3)  # 0.2 added a whole success here (bool(0.3))
+    assert (arm.alpha, arm.beta) == pytest.approx((1.3, 1.7), rel=1e-15)
+    ts = ThompsonSampling(["a", "b"])
+    ts.update("a", success=0.3)
+    state = ts.to_dict()["state"]
+    assert (1.0 + state["successes"][0], 1.0 + state["failures"][0]) == (arm.alpha, arm.beta)
+    arm.update(0.0, success=True)
+    assert arm.alpha == pytest.approx(2.3)
+    before = arm.to_dict()
+    for bad in (1.5, -0.1, math.nan):
+        with pytest.raises(BanditInputError):
+            arm.update(0.0, success=bad)
+    assert arm.to_dict() == before
+
+
 def test_thompson_sampling_api() -> None:
     ts = ThompsonSampling(["conservative", "balanced", "aggressive"], seed=5)
     for _ in range(30):

@@ -151,3 +151,88 @@ def test_priors_below_one() -> None:
     assert got[1] == pytest.approx(other, abs=1e-6)
     sym = thompson_propensities(np.array([0.5, 1e5 + 0.5]), np.array([0.5, 1e5 + 0.5]))
     np.testing.assert_allclose(sym, 0.5, atol=1e-6)
+
+
+# ---- small priors (α or β well below 1): mass piles up at 0 and 1 ---------------------------
+
+
+def _inverse(a: float, b: float, v: float) -> float:
+    """I⁻¹(a, b; v), with the power-law limit where scipy's inverse gives up (v → 0)."""
+    x = float(special.betaincinv(a, b, v))
+    if not np.isfinite(x) or x < 1e-250 or v < 1e-60:
+        x = float(np.exp((np.log(v) + np.log(a) + special.betaln(a, b)) / a))
+    return x
+
+
+def _probability_scale_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """P(arm i is the argmax), integrated in arm i's own probability scale.
+
+    With v = F_i(x) below 1/2 and w = S_i(x) = 1 − F_i(x) above, ``P(i) = ∫ Π_{j≠i} F_j(x(v)) dv
+    + ∫ Π_{j≠i} (1 − S_j(u(w))) dw`` (u = 1 − x from the complementary inverse): bounded
+    integrands on finite ranges, whatever α and β are — independent of the production method.
+    """
+    grid = np.concatenate([[0.0], 10.0 ** -np.arange(300, 0, -2.0)])
+    out = []
+    for i in range(a.size):
+        others = [j for j in range(a.size) if j != i]
+
+        def lower(v: float, i: int = i, others: list[int] = others) -> float:
+            x = _inverse(a[i], b[i], v) if v > 0 else 0.0
+            return float(np.prod([special.betainc(a[j], b[j], x) for j in others]))
+
+        def upper(w: float, i: int = i, others: list[int] = others) -> float:
+            u = _inverse(b[i], a[i], w) if w > 0 else 0.0
+            return float(np.prod([1.0 - special.betainc(b[j], a[j], u) for j in others]))
+
+        total = 0.0
+        for f, top in (
+            (lower, special.betainc(a[i], b[i], 0.5)),
+            (upper, special.betainc(b[i], a[i], 0.5)),
+        ):
+            pts = np.concatenate([grid[grid < top], [top]])
+            for lo, hi in itertools.pairwise(pts):
+                total += integrate.quad(f, lo, hi, epsabs=1e-15, epsrel=1e-12, limit=200)[0]
+        out.append(total)
+    return np.array(out)
+
+
+SMALL_PRIOR_CASES = [
+    ([0.1, 0.1], [0.1, 1.1]),  # the 0.2 code was off by 6e-3 here
+    ([0.05, 1.05, 3.05], [0.05, 0.05, 2.05]),  # and by 3e-2 here
+    ([0.02, 2.02, 0.02], [1e6 + 0.02, 3.02, 0.02]),  # a huge-β arm next to U-shaped ones
+    ([0.2, 7.2, 0.2, 40.2], [0.2, 3.2, 12.2, 9.2]),
+    ([1e6, 0.03, 5.03], [0.03, 0.03, 1.03]),  # a huge-α arm with a tiny β
+]
+
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+@pytest.mark.parametrize(("alpha", "beta"), SMALL_PRIOR_CASES)
+def test_small_priors_match_a_probability_scale_reference(
+    alpha: list[float], beta: list[float]
+) -> None:
+    a, b = np.array(alpha), np.array(beta)
+    ref = _probability_scale_reference(a, b)
+    assert abs(ref.sum() - 1.0) < 1e-9  # the reference itself is sound
+    np.testing.assert_allclose(thompson_propensities(a, b), ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("prior", [0.01, 0.05, 0.1, 0.3])
+def test_small_priors_against_power_function_closed_forms(prior: float) -> None:
+    # Beta(α, 1) has CDF x^α: P(a is the max) = α_a / Σα.
+    a = prior * np.array([1.0, 2.0, 7.0])
+    np.testing.assert_allclose(thompson_propensities(a, np.ones(3)), a / a.sum(), atol=1e-9)
+    # Beta(1, β) has survival u^β: P(a) = Σ_{T ⊆ others} (−1)^|T| β_a / (β_a + β_T).
+    b = prior * np.array([1.0, 3.0, 0.5])
+    expected = []
+    for i in range(3):
+        others = [j for j in range(3) if j != i]
+        expected.append(
+            sum(
+                (-1) ** len(t) * b[i] / (b[i] + sum(b[j] for j in t))
+                for r in range(3)
+                for t in itertools.combinations(others, r)
+            )
+        )
+    np.testing.assert_allclose(thompson_propensities(np.ones(3), b), expected, atol=1e-9)
+    sym = thompson_propensities(np.full(5, prior), np.full(5, prior))
+    np.testing.assert_allclose(sym, 0.2, atol=1e-12)
