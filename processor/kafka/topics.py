@@ -6,11 +6,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from processor.config import AppConfig
-from processor.errors import TopologyError
+from processor.errors import KafkaAuthError, TopologyError
+from processor.kafka.acls import stage_grants
 from processor.kafka.errors import CLIENT_ERRORS, auth_error
 
 logger = logging.getLogger(__name__)
@@ -140,8 +141,49 @@ def partition_counts(
     return counts
 
 
+def check_permissions(admin: AdminClient, config: AppConfig, timeout_s: float = 10.0) -> None:
+    """Refuse to run when the principal lacks a topic grant of :func:`stage_grants`.
+
+    Kafka reports a topic's authorized operations for the caller (KIP-430; every operation when
+    no authorizer is on). Checking up front turns "a produce fails inside a transaction, the
+    abort fails, the producer is replaced, again and again" into one clear error.
+
+    Raises:
+        KafkaAuthError: Names the topic and the missing operation.
+    """
+    needed: dict[str, set[str]] = {}
+    for grant in stage_grants(config):
+        if grant.resource == "TOPIC":
+            needed.setdefault(grant.name, set()).add(grant.operation)
+    try:
+        futures = admin.describe_topics(
+            TopicCollection(sorted(needed)),
+            include_authorized_operations=True,
+            request_timeout=timeout_s,
+        )
+        described = {name: fut.result() for name, fut in futures.items()}
+    except (KafkaException, TypeError, AttributeError) as exc:
+        # an old client or broker: the errors at use still name a missing grant
+        logger.debug("authorized operations unavailable (%s); not checked up front", exc)
+        return
+    for name, ops in sorted(needed.items()):
+        allowed = described[name].authorized_operations
+        if allowed is None:
+            continue
+        have = {op.name for op in allowed}
+        missing = sorted(ops - have)
+        if missing:
+            msg = (
+                f"topic {name}: not authorized to {' and '.join(missing)} (the principal may "
+                f"{', '.join(sorted(have)) or 'nothing'}); the principal lacks a topic ACL — see "
+                "deploy/README.md 'Least privileges' for what the stage needs"
+            )
+            raise KafkaAuthError(msg)
+
+
 def check_topology(admin: AdminClient, config: AppConfig) -> int:
-    """Refuse to run unless every topic exists and the co-partitioned ones agree.
+    """Refuse to run unless every topic exists, the co-partitioned ones agree, and the principal
+    may read and write what it must (:func:`check_permissions`).
 
     Returns:
         The common partition count.
@@ -166,4 +208,5 @@ def check_topology(admin: AdminClient, config: AppConfig) -> int:
             "partition p, so running would mix keys; recreate or repartition the topics."
         )
         raise TopologyError(msg)
+    check_permissions(admin, config)
     return next(iter(co.values()))

@@ -333,6 +333,9 @@ class Stage(RebalanceCallbacks):
     def _replace_producer(self, failure: ProducerFailedError) -> None:
         self._recoveries += 1
         if self._recoveries > MAX_RECOVERIES:
+            # a grant taken away at run time fails inside transactions with unhelpful errors:
+            # the topology check names a missing one
+            self.kafka.topology(self.kafka.admin(self.config), self.config)
             msg = (
                 f"the producer failed {self._recoveries} times without a successful commit in "
                 f"between (last: {failure}); giving up"
