@@ -15,6 +15,7 @@ from processor.bandits.base import (
 )
 from processor.bandits.ensemble import MODES, EnsembleWeightOptimizer, arm_name
 from processor.bandits.exp3ix import Exp3IXBandit
+from processor.bandits.gaussian import KeyedNormalGamma
 from processor.bandits.hedge import Hedge
 from processor.bandits.keyed import KeyedExp3IX, KeyedThompson
 from processor.bandits.rewards import RewardTracker, trade_reward_bps
@@ -27,6 +28,7 @@ __all__ = [
     "Exp3IXBandit",
     "Hedge",
     "KeyedExp3IX",
+    "KeyedNormalGamma",
     "KeyedThompson",
     "RewardTracker",
     "ThompsonSamplerArm",
