@@ -18,7 +18,7 @@ import numpy.typing as npt
 from processor.policy.safety import GUARDRAIL_NAMES
 
 if TYPE_CHECKING:
-    from processor.policy.bidding import BiddingState
+    from processor.policy.state import BiddingState
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
