@@ -161,7 +161,7 @@ class KeyedNormalGamma(KeyTable):
         arr = self._arr
         log_rate = decay_log_rate(self.discount, self.discount_unit_ms)
         stats = [arr["count"], arr["total"], arr["total_sq"]]
-        decayed_add(stats, last, r, (r, a), [np.ones_like(x), x, x * x], w, times, log_rate)
+        decayed_add([(stats, [np.ones_like(x), x, x * x], log_rate)], last, r, (r, a), w, times)
         if (w < 0).any():
             clamp_moments(arr["count"], arr["total"], arr["total_sq"], (r, a))
         np.add.at(arr["version"], r, 1)

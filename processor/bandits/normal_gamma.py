@@ -184,51 +184,48 @@ def decay_log_rate(discount: float, unit_ms: int) -> float:
 
 
 def decayed_add(
-    stats: Sequence[np.ndarray],
+    groups: Sequence[tuple[Sequence[np.ndarray], Sequence[FloatArray], float]],
     last_ms: IntArray,
     rows: IntArray,
     index: tuple[Any, ...],
-    values: Sequence[FloatArray],
     weight: FloatArray,
     times: IntArray,
-    log_rate: float,
 ) -> None:
-    """Add ``weight · value`` into ``stats`` at ``index`` with event-time decay, in place.
+    """Add ``weight · value`` into statistics at ``index`` with event-time decay, in place.
 
-    Each stat is kept "as of" its row's clock ``last_ms`` (the largest event time applied): at
-    clock ``C`` it is ``Σ w_i x_i γ^((C − t_i)/unit)``, a function of the set of applied events.
-    Events with ``weight > 0`` move the clock forward to their time; a late one (``t`` below the
-    clock) is decayed by its lateness. Events with ``weight < 0`` are retractions of a
-    contribution applied earlier with the same time ``t``: they never move the clock, so
-    subtracting ``x·γ^((C − t)/unit)`` removes exactly what is left of it. With ``log_rate == 0``
-    this is a plain signed sum.
+    Each statistic is kept "as of" its row's clock ``last_ms`` (the largest event time applied):
+    at clock ``C`` it is ``Σ w_i x_i γ^((C − t_i)/unit)``, a function of the set of applied
+    events, whatever their order and batching. Events with ``weight > 0`` move the clock forward
+    to their time; a late one (``t`` below the clock) is decayed by its lateness. Events with
+    ``weight < 0`` retract a contribution applied earlier with the same time ``t``: they never
+    move the clock, so subtracting ``x·γ^((C − t)/unit)`` removes exactly what is left of it.
+    With a log rate of 0 this is a plain signed sum.
 
     Args:
-        stats: Arrays to update (rows first; ``index`` selects the cells).
-        last_ms: (n_rows,) clocks, updated in place.
+        groups: ``(arrays, values, log_rate)`` per decay rate: the arrays to update (rows
+            first), one value array per event for each, and :func:`decay_log_rate`.
+        last_ms: (n_rows,) clocks shared by the groups, updated in place.
         rows: Row of each event.
-        index: Cell of each event in ``stats`` (e.g. ``(rows, arms)`` or ``(rows,)``).
-        values: One array per stat: the event's value for it.
+        index: Cell of each event in the arrays (e.g. ``(rows, arms)`` or ``(rows,)``).
         weight: Signed weight per event.
         times: Event time per event.
-        log_rate: :func:`decay_log_rate`.
     """
     forward = weight > 0
     touched, inv = np.unique(rows, return_inverse=True)
     final = last_ms[touched].copy()
     if forward.any():
         np.maximum.at(final, inv[forward], times[forward])
-    if log_rate != 0.0:
-        row_decay = np.exp(log_rate * (final - last_ms[touched]).astype(np.float64))
-        for arr in stats:
-            shape = (-1,) + (1,) * (arr.ndim - 1)
-            arr[touched] *= row_decay.reshape(shape)
-        late = (final[inv] - np.minimum(times, final[inv])).astype(np.float64)
-        w = weight * np.exp(log_rate * late)
-    else:
+    step = (final - last_ms[touched]).astype(np.float64)
+    late = (final[inv] - np.minimum(times, final[inv])).astype(np.float64)
+    for arrays, values, log_rate in groups:
         w = weight
-    for arr, x in zip(stats, values, strict=True):
-        np.add.at(arr, index, w * x)
+        if log_rate != 0.0:
+            row_decay = np.exp(log_rate * step)
+            for arr in arrays:
+                arr[touched] *= row_decay.reshape((-1,) + (1,) * (arr.ndim - 1))
+            w = weight * np.exp(log_rate * late)
+        for arr, x in zip(arrays, values, strict=True):
+            np.add.at(arr, index, w * x)
     last_ms[touched] = final
 
 
