@@ -37,12 +37,12 @@ from processor.policy.safety import (
 from processor.policy.state import BiddingState
 
 if TYPE_CHECKING:
-    from processor.policy.simulator import MarketSimulator, run_closed_loop
+    from processor.policy.simulator import CampaignSpec, MarketSimulator, run_closed_loop
 
 
 def __getattr__(name: str) -> Any:
     # The simulator pulls in scipy.stats (~1 s of imports); the stage never needs it.
-    if name in ("MarketSimulator", "run_closed_loop"):
+    if name in ("CampaignSpec", "MarketSimulator", "run_closed_loop"):
         from processor.policy import simulator
 
         return getattr(simulator, name)
@@ -58,6 +58,7 @@ __all__ = [
     "BidPolicy",
     "BiddingConfig",
     "BiddingState",
+    "CampaignSpec",
     "Contribution",
     "DecisionBatch",
     "MarketSimulator",
