@@ -47,6 +47,7 @@ from processor.policy.batches import (
     DecisionBatch,
     OutcomeBatch,
     RequestBatch,
+    defined_reward,
     validate_outcomes,
     validate_requests,
 )
@@ -271,18 +272,7 @@ class BidPolicy:
         The value posterior learns the reward; the Beta posterior learns the success.
         """
         cfg = self.config
-        spend, revenue = outcomes.spend, outcomes.revenue
-        if cfg.reward == "conversions":
-            defined = outcomes.conversions.astype(np.float64)
-        elif cfg.reward == "clicks":
-            defined = outcomes.clicks.astype(np.float64)
-        elif cfg.reward == "profit":
-            defined = revenue - spend
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                defined = np.where(
-                    spend > 0, (revenue - spend) / np.where(spend > 0, spend, 1), 0.0
-                )
+        defined = defined_reward(cfg.reward, outcomes)
         reward = np.where(np.isnan(outcomes.reward), defined, outcomes.reward)
         if cfg.success_rule == "positive":
             rule = reward > 0

@@ -450,6 +450,25 @@ def test_validate_outcomes_reasons_without_creating_rows() -> None:
     assert state.thompson.row_of("c-1") is None
 
 
+def test_validate_outcomes_rejects_amounts_whose_squares_overflow() -> None:
+    outs = [
+        out(0, reward=1e200),
+        out(1, spend=1e16),
+        out(2, clicks=70_000),
+        out(3, spend=1e-300, revenue=1.0),  # an ROI of 1e300
+        out(4, spend=2.0, revenue=3.0),
+    ]
+    batch = OutcomeBatch.from_records(outs)
+    reasons = validate_outcomes(batch, BiddingState(BiddingConfig())).tolist()
+    assert "reward" in reasons[0]
+    assert "spend or revenue" in reasons[1]
+    assert "clicks or conversions" in reasons[2]
+    assert reasons[3] is None and reasons[4] is None  # profit: 1.0, fine
+    roi = validate_outcomes(batch, BiddingState(BiddingConfig(reward="roi"))).tolist()
+    assert "reward" in roi[3]
+    assert roi[4] is None
+
+
 def test_empty_batches() -> None:
     policy, state = setup()
     assert decide(policy, state, []).to_records() == []
