@@ -161,3 +161,20 @@ def run_closed_loop(
         conversions=round(money["conversions"]),
         restated=totals["restated"],
     )
+
+
+def held_back_at(outcomes_seen: Any, held: Any, share: float = 0.9) -> int:
+    """When a campaign was held back for good: the outcomes it had at the first of its decisions
+    from which at least ``share`` of its decisions are held back (−1 if never).
+
+    Args:
+        outcomes_seen: Per decision of the campaign, in order, its outcomes applied before it.
+        held: Per decision, whether a guardrail held it back (emergency, CPA cap, ...).
+        share: Share of the decisions from there on that must be held back.
+    """
+    flags = np.asarray(held, dtype=np.float64)
+    if flags.size == 0:
+        return -1
+    suffix = np.cumsum(flags[::-1])[::-1] / np.arange(flags.size, 0, -1)
+    ok = np.flatnonzero((suffix >= share) & (flags > 0))
+    return int(np.asarray(outcomes_seen)[ok[0]]) if ok.size else -1

@@ -14,9 +14,9 @@
    Budgets do not bind here, so the numbers compare objectives, not pacing.
 3. **Emergency share** of campaigns exactly on their CPA target (ROAS 1.5) at 0.5%, 1%, 3%
    conversion rate, over 100,000 requests (target < 1%).
-4. **Held back**: outcomes of a campaign paying 5× its CPA target (1% CVR) until its bids are
-   capped by the CPA guardrail or it is in emergency mode (target ≤ 1,000), and the share of
-   its later decisions held back.
+4. **Held back**: outcomes of a campaign paying 5× its CPA target (1% CVR) until it is held
+   back for good — from that decision on, ≥ 90% of its decisions have their bids capped by the
+   CPA guardrail or are in emergency mode (target ≤ 1,000) — and the share held back after.
 5. **Pacing**: one local day of a campaign whose unconstrained spend is twice its daily budget:
    share of the budget spent and the local hour it ran out (targets 95–100%, not before 22:00).
 
@@ -41,6 +41,7 @@ from processor.policy.bidding import BiddingConfig, BidPolicy, OutcomeBatch, Req
 from processor.policy.safety import G_EMERGENCY, G_MAX_CPA, SafetyConstraints
 from processor.policy.simulator import CampaignSpec, MarketSimulator, run_closed_loop
 from processor.policy.simulator_campaigns import default_campaigns
+from processor.policy.simulator_loop import held_back_at
 from tests.perf.policy_0_2.bidding import BiddingConfig as OldConfig
 from tests.perf.policy_0_2.bidding import BidPolicy as OldPolicy
 
@@ -171,20 +172,19 @@ def _held_back(policy: Any, seed: int, n: int) -> tuple[int, float]:
     specs = [CampaignSpec(cvr=0.01, cpa_ratio=1.0)] * 4 + [CampaignSpec(cvr=0.01, cpa_ratio=5.0)]
     sim = MarketSimulator(seed, campaigns=specs)
     bad = sim.campaign_ids[-1]
-    seen = {"outcomes": 0, "held_at": -1, "after": 0, "held_after": 0}
+    outcomes, seen_at, held = [0], [], []
 
     def watch(reqs: Any, decisions: Any, outs: Any, res: Any) -> None:
         mine = decisions.campaign_id == bad
-        held = mine & ((decisions.guardrails & (G_EMERGENCY | G_MAX_CPA)) != 0)
-        if seen["held_at"] >= 0:
-            seen["after"] += int(mine.sum())
-            seen["held_after"] += int(held.sum())
-        elif held.any():
-            seen["held_at"] = seen["outcomes"]
-        seen["outcomes"] += sum(o["campaign_id"] == bad for o in outs)
+        holds = (decisions.guardrails & (G_EMERGENCY | G_MAX_CPA)) != 0
+        seen_at.extend([outcomes[0]] * int(mine.sum()))
+        held.extend(holds[mine].tolist())
+        outcomes[0] += sum(o["campaign_id"] == bad for o in outs)
 
     run_closed_loop(policy, sim, n, rate_per_s=1.0, batch_size=200, observer=watch)
-    return seen["held_at"], seen["held_after"] / max(1, seen["after"])
+    at = held_back_at(seen_at, held)
+    after = [h for s_, h in zip(seen_at, held, strict=True) if at >= 0 and s_ >= at]
+    return at, float(np.mean(after)) if after else 0.0
 
 
 def bench_held_back(n: int, seeds: tuple[int, ...] = tuple(range(10))) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 Campaigns exactly on their CPA target (ROAS 1.5) must (almost) never be in emergency mode at
 0.5%, 1% and 3% conversion rates; a campaign paying 5× its target must be held back — its bids
-capped by the CPA guardrail or the campaign in emergency mode — within 1,000 outcomes.
-Measured (policy seed 1): on-target campaigns spent 0 of their decisions in emergency over
-60,000 requests in both seeds below; the 5× campaign was held back after 176–220 of its
-outcomes and stayed held back for ≥ 97% of its later decisions.
+capped by the CPA guardrail or the campaign in emergency mode, for at least 90% of its decisions
+from then on — within 1,000 outcomes. Measured (policy seed 1): on-target campaigns spent 0 of
+their decisions in emergency over 60,000 requests in both seeds below; see ``make bench-policy``
+for the 5× campaign.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from processor.policy.bidding import BiddingConfig, BidPolicy, RequestBatch
 from processor.policy.safety import G_EMERGENCY, G_MAX_CPA, SafetyConstraints
 from processor.policy.simulator import CampaignSpec, MarketSimulator, run_closed_loop
+from processor.policy.simulator_loop import held_back_at
 
 CVRS = (0.005, 0.01, 0.03)
 
@@ -47,23 +48,28 @@ def test_a_campaign_at_five_times_its_cpa_target_is_held_back_within_1000_outcom
     specs = [CampaignSpec(cvr=0.01, cpa_ratio=1.0)] * 4 + [CampaignSpec(cvr=0.01, cpa_ratio=5.0)]
     sim = MarketSimulator(seed, campaigns=specs)
     bad = sim.campaign_ids[-1]
-    seen = {"outcomes": 0, "held_at": -1, "after": 0, "held_after": 0, "good_emergency": 0}
+    outcomes, seen_at, held, others = [0], [], [], [0]
 
     def watch(reqs: Any, decisions: Any, outs: Any, res: Any) -> None:
         mine = decisions.campaign_id == bad
-        held = mine & ((decisions.guardrails & (G_EMERGENCY | G_MAX_CPA)) != 0)
-        if seen["held_at"] >= 0:
-            seen["after"] += int(mine.sum())
-            seen["held_after"] += int(held.sum())
-        elif held.any():
-            seen["held_at"] = seen["outcomes"]
-        seen["good_emergency"] += int(((decisions.mode == 2) & ~mine).sum())
-        seen["outcomes"] += sum(o["campaign_id"] == bad for o in outs)
+        holds = (decisions.guardrails & (G_EMERGENCY | G_MAX_CPA)) != 0
+        seen_at.extend([outcomes[0]] * int(mine.sum()))
+        held.extend(holds[mine].tolist())
+        others[0] += int(((decisions.mode == 2) & ~mine).sum())
+        outcomes[0] += sum(o["campaign_id"] == bad for o in outs)
 
-    run_closed_loop(BidPolicy(BiddingConfig(seed=1)), sim, 20_000, rate_per_s=1.0, observer=watch)
-    assert 0 <= seen["held_at"] <= 1000
-    assert seen["held_after"] / seen["after"] > 0.9
-    assert seen["good_emergency"] == 0
+    run_closed_loop(
+        BidPolicy(BiddingConfig(seed=1)),
+        sim,
+        20_000,
+        rate_per_s=1.0,
+        batch_size=200,
+        observer=watch,
+    )
+    at = held_back_at(seen_at, held)
+    assert 0 <= at <= 1000
+    assert outcomes[0] > 2 * at  # held back for more than as long again
+    assert others[0] == 0  # the on-target campaigns were never in emergency
 
 
 def test_cpa_bid_cap_uses_the_predicted_conversion_rate() -> None:
