@@ -10,13 +10,14 @@ compares what is left of the budget with what is left of the plan,
 
 and takes part in an auction with probability ``min(1, ratio ** pacing_gain)``; a request it
 skips is blocked with the guardrail ``pacing``. Behind plan (ratio ≥ 1) nothing is throttled;
-ahead of plan the participation falls steeply (gain 10: 5% ahead of the remaining plan halves
+ahead of plan the participation falls steeply (gain 10: 7% ahead of the remaining plan halves
 it). ``spent_today`` is the integral of the spend rate, so this proportional law on the budget
 that is left is an integral law on the spend rate: a campaign that could spend twice its budget
-settles at about half participation, a few percent ahead of plan, and spends the rest in the
-last hour. The law needs no state of its own: every input is on the request, so the throttle of
-a decision is reproducible from the request alone (replay, audit), and nothing has to reach the
-changelog on the request path. The skip itself is one hashed uniform per request
+settles at about half participation, about 7% ahead of the remaining plan, and meets its budget
+at the end of its day. The law needs no state of its own: every input is on the request, so the
+throttle of a decision is reproducible from the request alone (replay, audit), and nothing has
+to reach the changelog on the request path (the engine writes a campaign's state when outcomes
+or commands change it, not when it decides). The skip itself is one hashed uniform per request
 (``STREAM_PACING``), so it is reproducible too.
 """
 
