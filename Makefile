@@ -42,7 +42,7 @@ test-integration: $(STAMP) ## integration tests only (starts a real Kafka broker
 bench-bandits: $(STAMP) ## per-event object API vs keyed batch API (updates/s, decisions/s)
 	$(BIN)/python -m tests.perf.bench_bandits
 
-bench-policy: $(STAMP) ## bidding policy: decide() decisions/s, closed-loop reward and violation rate
+bench-policy: $(STAMP) ## bidding policy on the simulated market: speed, profit per request, emergency share, pacing
 	$(BIN)/python -m tests.perf.bench_policy
 
 bench-ensemble: $(STAMP) ## ensemble learning figures, OPE interval coverage, bootstrap time (fixed seeds)

@@ -101,19 +101,24 @@ def run_simulation(
     rate: float,
     seed: int,
     timeout_s: float,
+    sim: MarketSimulator | None = None,
 ) -> SimulationReport:
-    """Drive the closed loop; returns when every request was answered or at the timeout."""
+    """Drive the closed loop; returns when every request was answered or at the timeout.
+
+    ``sim`` replaces the default market of ``campaigns`` campaigns (e.g. explicit campaigns).
+    """
     t = config.topics
     serdes = SerdeRegistry()
-    sim = MarketSimulator(
-        seed,
-        n_campaigns=campaigns,
-        arm_multipliers={
-            a: (s.bid_multiplier, s.budget_multiplier) for a, s in config.bidding.arms.items()
-        },
-        families=config.ensemble.families,
-        horizons=config.ensemble.horizons,
-    )
+    if sim is None:
+        sim = MarketSimulator(
+            seed,
+            n_campaigns=campaigns,
+            arm_multipliers={
+                a: (s.bid_multiplier, s.budget_multiplier) for a, s in config.bidding.arms.items()
+            },
+            families=config.ensemble.families,
+            horizons=config.ensemble.horizons,
+        )
     producer = _producer(config)
     consumer = _tail_consumer(config, [t.bid_decisions, t.ensemble_weights])
     report = SimulationReport()

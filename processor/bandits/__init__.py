@@ -10,6 +10,7 @@ from processor.bandits.base import BanditInputError, beta_credible_interval, tho
 from processor.bandits.ensemble import MODES, EnsembleWeightOptimizer, arm_name
 from processor.bandits.exp3ix import Exp3IXBandit
 from processor.bandits.expweights import eta_schedule, learning_rate, rewards_to_losses
+from processor.bandits.gaussian import KeyedNormalGamma
 from processor.bandits.hedge import Hedge
 from processor.bandits.keyed import KeyedExp3IX, KeyedThompson
 from processor.bandits.rewards import RewardTracker, trade_reward_bps
@@ -22,6 +23,7 @@ __all__ = [
     "Exp3IXBandit",
     "Hedge",
     "KeyedExp3IX",
+    "KeyedNormalGamma",
     "KeyedThompson",
     "RewardTracker",
     "ThompsonSamplerArm",

@@ -135,6 +135,7 @@ class KeyedThompson(KeyTable):
         arms: ArrayLike,
         success: ArrayLike,
         event_time_ms: ArrayLike | None = None,
+        weight: ArrayLike | None = None,
     ) -> None:
         """Apply a batch of reward events in order (equal to applying them one by one).
 
@@ -142,15 +143,21 @@ class KeyedThompson(KeyTable):
         multiplied by ``discount ** (Δt / discount_unit_ms)`` before each event that moves its
         clock forward; late events are not decayed and do not move the clock. Without event
         times each event advances the clock by one unit (classic per-step discounting).
+        ``weight`` (default 1) scales each event's counts; −1 retracts an event applied before
+        (counts that rounding would take below zero are clipped at zero).
 
         Raises:
-            BanditInputError: on out-of-range rows/arms or a success outside [0, 1]; nothing
-                changes.
+            BanditInputError: on out-of-range rows/arms, a success outside [0, 1] or a
+                non-finite weight; nothing changes.
         """
         r, a = index_arrays(self, rows, arms)
         s = np.asarray(success, dtype=np.float64)
         if s.shape != r.shape or not np.all((s >= 0.0) & (s <= 1.0)):
             msg = "success must be one value in [0, 1] per event"
+            raise BanditInputError(msg)
+        wt = np.ones(r.shape) if weight is None else np.asarray(weight, dtype=np.float64)
+        if wt.shape != r.shape or not np.all(np.isfinite(wt)):
+            msg = "weight must be one finite value per event"
             raise BanditInputError(msg)
         if r.size == 0:
             return
@@ -173,15 +180,18 @@ class KeyedThompson(KeyTable):
             row_decay = np.exp(log_d * (final - last[touched]).astype(np.float64))
             succ[touched] *= row_decay[:, None]
             fail[touched] *= row_decay[:, None]
-            w = np.exp(log_d * (final[inv] - clock).astype(np.float64))
+            w = wt * np.exp(log_d * (final[inv] - clock).astype(np.float64))
             np.add.at(succ, (r, a), s * w)
             np.add.at(fail, (r, a), (1.0 - s) * w)
             last[touched] = final
         else:
-            np.add.at(succ, (r, a), s)
-            np.add.at(fail, (r, a), 1.0 - s)
+            np.add.at(succ, (r, a), s * wt)
+            np.add.at(fail, (r, a), (1.0 - s) * wt)
             if times is not None:
                 np.maximum.at(last, r, times)
+        if (wt < 0).any():
+            succ[r, a] = np.maximum(succ[r, a], 0.0)
+            fail[r, a] = np.maximum(fail[r, a], 0.0)
         np.add.at(self._arr["version"], r, 1)
 
     def propensities(self, rows: ArrayLike) -> FloatArray:

@@ -18,13 +18,17 @@ import numpy.typing as npt
 from processor.policy.safety import GUARDRAIL_NAMES
 
 if TYPE_CHECKING:
-    from processor.policy.bidding import BiddingState
+    from processor.policy.state import BiddingState
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
 
 MODES = ("explore", "exploit", "emergency", "blocked")
+#: Largest money amount or reward one outcome may carry: beyond it a sum of squares overflows.
+MAX_AMOUNT = 1e15
+#: Largest click or conversion count of one outcome (a contribution stores them as u2).
+MAX_COUNT = 65_535
 
 
 def _col_str(records: Sequence[Mapping[str, Any]], name: str) -> npt.NDArray[Any]:
@@ -268,6 +272,20 @@ class DecisionBatch:
         return [dict(zip(keys, c, strict=True)) for c in cols]
 
 
+def defined_reward(definition: str, outcomes: OutcomeBatch) -> F64:
+    """The reward of each outcome by ``bidding.reward`` (an outcome's own reward overrides it)."""
+    spend, revenue = outcomes.spend, outcomes.revenue
+    if definition == "conversions":
+        return np.asarray(outcomes.conversions, dtype=np.float64)
+    if definition == "clicks":
+        return np.asarray(outcomes.clicks, dtype=np.float64)
+    if definition == "profit":
+        return np.asarray(revenue - spend, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        roi = np.where(spend > 0, (revenue - spend) / np.where(spend > 0, spend, 1), 0.0)
+    return np.asarray(roi, dtype=np.float64)
+
+
 def _bad_money(x: F64, allow_nan: bool = False) -> B:
     bad = ~np.isfinite(x) | (x < 0)
     return np.asarray(bad & ~np.isnan(x) if allow_nan else bad, dtype=np.bool_)
@@ -313,7 +331,9 @@ def validate_outcomes(outcomes: OutcomeBatch, state: BiddingState) -> npt.NDArra
 
     Checks empty ids, arms that are not active for the campaign, propensity outside
     (0, 1], NaN / inf / negative spend, revenue, counts and budget, a non-finite reward,
-    and a success flag other than 0 / 1. Does not create state rows.
+    amounts and rewards beyond :data:`MAX_AMOUNT` (the reward by the configured definition
+    included: ROI on a spend of 1e-300 is), counts beyond :data:`MAX_COUNT`, and a success
+    flag other than 0 / 1. Does not create state rows.
     """
     n = len(outcomes)
     ts = state.thompson
@@ -332,6 +352,11 @@ def validate_outcomes(outcomes: OutcomeBatch, state: BiddingState) -> npt.NDArra
         active[sel] = np.asarray(ts.active)[rows[sel], arm_idx[sel]]
     p = outcomes.propensity
     rew, suc = outcomes.reward, outcomes.success
+    with np.errstate(invalid="ignore"):
+        effective = np.where(np.isnan(rew), defined_reward(state.config.reward, outcomes), rew)
+        huge = (np.abs(effective) > MAX_AMOUNT) & ~np.isinf(rew)
+        big_money = (outcomes.spend > MAX_AMOUNT) | (outcomes.revenue > MAX_AMOUNT)
+    big_count = (outcomes.clicks > MAX_COUNT) | (outcomes.conversions > MAX_COUNT)
     return _reasons(
         n,
         [
@@ -345,6 +370,9 @@ def validate_outcomes(outcomes: OutcomeBatch, state: BiddingState) -> npt.NDArra
             ((outcomes.clicks < 0) | (outcomes.conversions < 0), "negative clicks or conversions"),
             (_bad_money(outcomes.budget, allow_nan=True), "budget is infinite or negative"),
             (np.isinf(rew), "reward is infinite"),
+            (big_money, f"spend or revenue above {MAX_AMOUNT:g}"),
+            (huge, f"reward beyond ±{MAX_AMOUNT:g}"),
+            (big_count, f"more than {MAX_COUNT} clicks or conversions in one outcome"),
             (~np.isnan(suc) & (suc != 0) & (suc != 1), "success must be true or false"),
         ],
     )

@@ -46,6 +46,7 @@ STREAM_ARM = 0
 STREAM_BID_JITTER = 1
 STREAM_BUDGET_JITTER = 2
 STREAM_REWARD = 3
+STREAM_PACING = 4
 
 
 def _splitmix64_int(x: int) -> int:

@@ -259,7 +259,8 @@ class Backtest:
         state = self.engine.campaigns
         rows = state.rows(np.array([r["campaign_id"] for r in recs], dtype=object), create=False)
         ts = state.thompson
-        probs = np.array(ts.propensities(rows), dtype=np.float64)
+        # the policy's own objective per campaign (Beta or the value posterior)
+        probs = np.array(state.propensities(rows), dtype=np.float64)
         names = tuple(ts.arm_names)
         col = {n: i for i, n in enumerate(names)}
         # A decision with propensity 1 was forced (emergency, guardrail fallback, deterministic):

@@ -1,21 +1,30 @@
-"""Packed binary layout of a campaign's state (``StateRecord.state_packed``).
+"""Packed binary layout of a campaign's state (``StateRecord.state_packed``), versioned.
 
 JSON costs ~20 µs per key to parse; a restore of a million keys spent most of its time there. A
 packed state is fixed-width once its arm list is known, and a changelog partition's campaigns
 nearly always share one arm list, so a whole partition decodes with one ``np.frombuffer``.
 
-Layout version 1 (little-endian), one blob per campaign::
+Every blob starts with its layout version; this build writes version 2 and reads 1 and 2.
 
-    u8 layout version (1)
+Layout version 2 (little-endian), one blob per campaign::
+
+    u8 layout version (2)
     u8 K, then K × (u8 length, UTF-8 name)          the campaign's active arms, column order
-    f8[K] successes, f8[K] failures                  Thompson counts beyond the prior
-    i8 version, i8 last_event_ms
-    u1 emergency
-    f8 × 7  fast, fast_w, base, base_w, spend, revenue, conv      safety monitor EWMAs
-    i8 × 3  n, violation_run, healthy_run                         safety counters
+    f8[K] successes, f8[K] failures                  Beta counts beyond the prior
+    f8[K] count, f8[K] total, f8[K] total_sq         value posterior: n, Σ reward, Σ reward²
+    i8 version, i8 last_event_ms                     events applied; the decay clock
+    u1 emergency, u1 manual, u1 evidence             flags; evidence bits (VIOLATION_NAMES)
+    f8 × 13  outcomes, won, clicks, conversions, spend, revenue      evidence (decayed sums)
+             recent_n, recent_sum, recent_sq, base_n, base_sum, base_sq   monitor sums
+             target_cpa                                             latest target (NaN: none)
 
-The safety field list is fixed here; a unit test fails if SafetyState's fields change without a
-new layout version.
+Layout version 1 (0.2): the same header; ``f8[K]`` successes and failures, ``i8`` version and
+last_event_ms, ``u1`` emergency, then the 0.2 monitor's seven EWMAs and three counters. It
+restores the Beta counts, version, clock and emergency flag; the value posterior starts at its
+prior and the evidence empty (EWMAs are not sufficient statistics).
+
+The field lists are fixed here; a unit test fails if the state's fields change without a new
+layout version.
 """
 
 from __future__ import annotations
@@ -28,24 +37,54 @@ import numpy as np
 from processor.errors import StateError
 
 if TYPE_CHECKING:
-    from processor.policy.bidding import BiddingState
+    from processor.policy.state import BiddingState
 
-LAYOUT_VERSION = 1
-SAFETY_FLOATS = ("fast", "fast_w", "base", "base_w", "spend", "revenue", "conv")
-SAFETY_INTS = ("n", "violation_run", "healthy_run")
+LAYOUT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+VALUE_FIELDS = ("count", "total", "total_sq")
+SAFETY_FLAGS = ("emergency", "manual", "evidence")
+SAFETY_FLOATS = (
+    "outcomes",
+    "won",
+    "clicks",
+    "conversions",
+    "spend",
+    "revenue",
+    "recent_n",
+    "recent_sum",
+    "recent_sq",
+    "base_n",
+    "base_sum",
+    "base_sq",
+    "target_cpa",
+)
+V1_SAFETY_FLOATS = ("fast", "fast_w", "base", "base_w", "spend", "revenue", "conv")
+V1_SAFETY_INTS = ("n", "violation_run", "healthy_run")
 
 
-def campaign_dtype(k: int) -> np.dtype[Any]:
-    """Structured dtype of the fixed-width part for ``k`` arms."""
+def campaign_dtype(k: int, version: int = LAYOUT_VERSION) -> np.dtype[Any]:
+    """Structured dtype of the fixed-width part for ``k`` arms in layout ``version``."""
+    if version == 1:
+        return np.dtype(
+            [
+                ("successes", "<f8", (k,)),
+                ("failures", "<f8", (k,)),
+                ("version", "<i8"),
+                ("last_event_ms", "<i8"),
+                ("emergency", "u1"),
+                *[(name, "<f8") for name in V1_SAFETY_FLOATS],
+                *[(name, "<i8") for name in V1_SAFETY_INTS],
+            ]
+        )
     return np.dtype(
         [
             ("successes", "<f8", (k,)),
             ("failures", "<f8", (k,)),
+            *[(name, "<f8", (k,)) for name in VALUE_FIELDS],
             ("version", "<i8"),
             ("last_event_ms", "<i8"),
-            ("emergency", "u1"),
+            *[(name, "u1") for name in SAFETY_FLAGS],
             *[(name, "<f8") for name in SAFETY_FLOATS],
-            *[(name, "<i8") for name in SAFETY_INTS],
         ]
     )
 
@@ -61,11 +100,11 @@ def _header(arm_names: Sequence[str]) -> bytes:
     return b"".join(parts)
 
 
-def _parse_header(blob: bytes) -> tuple[bytes, tuple[str, ...]]:
-    """``(header bytes, arm names)`` of one blob; :class:`StateError` if malformed."""
-    if len(blob) < 2 or blob[0] != LAYOUT_VERSION:
+def _parse_header(blob: bytes) -> tuple[bytes, int, tuple[str, ...]]:
+    """``(header bytes, layout version, arm names)`` of one blob; :class:`StateError` if bad."""
+    if len(blob) < 2 or blob[0] not in READABLE_VERSIONS:
         version = blob[0] if blob else None
-        msg = f"packed state: unknown layout version {version!r} (this build reads 1)"
+        msg = f"packed state: unknown layout version {version!r} (this build reads 1 and 2)"
         raise StateError(msg)
     k = blob[1]
     pos = 2
@@ -81,16 +120,17 @@ def _parse_header(blob: bytes) -> tuple[bytes, tuple[str, ...]]:
     if pos > len(blob) or k == 0:
         msg = "packed state: malformed arm list"
         raise StateError(msg)
-    return blob[:pos], tuple(names)
+    return blob[:pos], blob[0], tuple(names)
 
 
 def pack_campaigns(state: BiddingState, keys: Sequence[str]) -> list[bytes]:
-    """Packed state of each of ``keys`` (created if new), column-wise."""
+    """Packed state (layout 2) of each of ``keys`` (created if new), column-wise."""
     n = len(keys)
     if n == 0:
         return []
     rows = state.rows(list(keys))
     thompson = state.thompson.export_rows(rows)
+    value = state.value.stats(rows)
     safety = state.safety.get_rows_columns(rows)
     names = state.thompson.arm_names
     active = thompson["active"]
@@ -104,9 +144,11 @@ def pack_campaigns(state: BiddingState, keys: Sequence[str]) -> list[bytes]:
         rec = np.zeros(idx.size, dtype=campaign_dtype(cols.size))
         rec["successes"] = thompson["successes"][idx][:, cols]
         rec["failures"] = thompson["failures"][idx][:, cols]
+        for name, stat in zip(VALUE_FIELDS, value, strict=True):
+            rec[name] = stat[idx][:, cols]
         rec["version"] = thompson["version"][idx]
         rec["last_event_ms"] = thompson["last_event_ms"][idx]
-        for name in ("emergency", *SAFETY_FLOATS, *SAFETY_INTS):
+        for name in (*SAFETY_FLAGS, *SAFETY_FLOATS):
             rec[name] = safety[name][idx]
         raw = rec.tobytes()
         w = rec.dtype.itemsize
@@ -121,38 +163,45 @@ def pack_campaigns(state: BiddingState, keys: Sequence[str]) -> list[bytes]:
 def unpack_groups(blobs: Sequence[bytes]) -> list[tuple[tuple[str, ...], Any, Any]]:
     """Decode blobs into groups ``(arm names, index array into blobs, structured records)``.
 
+    Records of a group share one layout version (``records.dtype`` tells which).
+
     Raises:
         StateError: A blob is malformed (unknown layout, bad arm list, wrong length).
     """
     n = len(blobs)
     if n == 0:
         return []
-    header, names = _parse_header(blobs[0])
-    width = len(header) + campaign_dtype(len(names)).itemsize
+    header, version, names = _parse_header(blobs[0])
+    dtype = campaign_dtype(len(names), version)
+    width = len(header) + dtype.itemsize
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
     if bool((lengths == width).all()):
         buf = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(n, width)
         same = (buf[:, : len(header)] == np.frombuffer(header, dtype=np.uint8)).all(axis=1)
         if bool(same.all()):
-            rec = np.ascontiguousarray(buf[:, len(header) :]).view(campaign_dtype(len(names)))
+            rec = np.ascontiguousarray(buf[:, len(header) :]).view(dtype)
             return [(names, np.arange(n), rec.reshape(-1))]
-    # several arm lists in one partition: group blobs by header
+    # several arm lists (or layouts) in one partition: group blobs by header
     by_header: dict[bytes, list[int]] = {}
-    parsed: dict[bytes, tuple[str, ...]] = {}
+    parsed: dict[bytes, tuple[int, tuple[str, ...]]] = {}
     for i, blob in enumerate(blobs):
-        head, arms = _parse_header(blob)
+        head, ver, arms = _parse_header(blob)
         by_header.setdefault(head, []).append(i)
-        parsed[head] = arms
+        parsed[head] = (ver, arms)
     groups = []
     for head, members in by_header.items():
-        arms = parsed[head]
-        dtype = campaign_dtype(len(arms))
+        ver, arms = parsed[head]
+        dtype = campaign_dtype(len(arms), ver)
         if any(len(blobs[i]) != len(head) + dtype.itemsize for i in members):
-            msg = f"packed state: wrong length for arms {list(arms)}"
+            msg = f"packed state: wrong length for arms {list(arms)} (layout {ver})"
             raise StateError(msg)
         body = b"".join(blobs[i][len(head) :] for i in members)
         groups.append((arms, np.array(members), np.frombuffer(body, dtype=dtype)))
     return groups
+
+
+def _is_v1(rec: Any) -> bool:
+    return "count" not in (rec.dtype.names or ())
 
 
 def restore_campaigns(state: BiddingState, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
@@ -160,26 +209,45 @@ def restore_campaigns(state: BiddingState, keys: Sequence[str], blobs: Sequence[
     all_rows = state.rows(list(keys))  # new rows in the given order, as key by key
     for arms, idx, rec in unpack_groups(blobs):
         rows = all_rows[idx]
+        version, last = rec["version"], rec["last_event_ms"]
         state.thompson.set_rows_columns(
-            rows,
-            arms,
-            rec["successes"],
-            rec["failures"],
-            rec["version"],
-            rec["last_event_ms"],
+            rows, arms, rec["successes"], rec["failures"], version, last
         )
-        columns = {name: rec[name] for name in ("emergency", *SAFETY_FLOATS, *SAFETY_INTS)}
-        columns["emergency"] = columns["emergency"].astype(np.bool_)
-        state.safety.set_rows_columns(rows, columns)
+        v1 = _is_v1(rec)
+        zeros = np.zeros((rows.size, len(arms)))
+        stats = [zeros] * 3 if v1 else [rec[f] for f in VALUE_FIELDS]
+        state.value.set_rows_columns(rows, arms, *stats, version=version, last_event_ms=last)
+        state.safety.set_rows_columns(rows, _safety_columns(rec, v1))
+
+
+def _safety_columns(rec: Any, v1: bool) -> dict[str, Any]:
+    n = rec.shape[0]
+    if v1:
+        cols: dict[str, Any] = {name: np.zeros(n) for name in SAFETY_FLOATS}
+        cols["target_cpa"] = np.full(n, np.nan)
+        cols.update(manual=np.zeros(n, dtype=np.bool_), evidence=np.zeros(n, dtype=np.int64))
+        cols["clock_ms"] = np.zeros(n, dtype=np.int64)
+    else:
+        cols = {name: rec[name] for name in SAFETY_FLOATS}
+        cols["manual"] = rec["manual"].astype(np.bool_)
+        cols["evidence"] = rec["evidence"].astype(np.int64)
+        cols["clock_ms"] = rec["last_event_ms"]
+    cols["emergency"] = rec["emergency"].astype(np.bool_)
+    return cols
 
 
 def campaign_state_dicts(blobs: Sequence[bytes]) -> list[dict[str, Any]]:
-    """The JSON-shaped state (``BiddingState.get_key_state``) of each packed blob."""
+    """The JSON-shaped state (``BiddingState.get_key_state``) of each packed blob.
+
+    A layout-1 blob gives its 0.2 shape (the EWMA monitor in ``safety``, no ``value``).
+    """
     out: list[dict[str, Any]] = [{}] * len(blobs)
     for arms, idx, rec in unpack_groups(blobs):
+        v1 = _is_v1(rec)
+        names = rec.dtype.names or ()
         for i, r in zip(idx.tolist(), rec.tolist(), strict=True):
-            fields = dict(zip(rec.dtype.names or (), r, strict=True))
-            out[i] = {
+            fields = dict(zip(names, r, strict=True))
+            state: dict[str, Any] = {
                 "thompson": {
                     "arm_names": list(arms),
                     "successes": [float(x) for x in fields["successes"]],
@@ -187,10 +255,23 @@ def campaign_state_dicts(blobs: Sequence[bytes]) -> list[dict[str, Any]]:
                     "version": int(fields["version"]),
                     "last_event_ms": int(fields["last_event_ms"]),
                 },
-                "safety": {
-                    "emergency": bool(fields["emergency"]),
-                    **{k: float(fields[k]) for k in SAFETY_FLOATS},
-                    **{k: int(fields[k]) for k in SAFETY_INTS},
-                },
             }
+            if v1:
+                state["safety"] = {
+                    "emergency": bool(fields["emergency"]),
+                    **{k: float(fields[k]) for k in V1_SAFETY_FLOATS},
+                    **{k: int(fields[k]) for k in V1_SAFETY_INTS},
+                }
+            else:
+                state["value"] = {k: [float(x) for x in fields[k]] for k in VALUE_FIELDS}
+                target = float(fields["target_cpa"])
+                state["safety"] = {
+                    "emergency": bool(fields["emergency"]),
+                    "manual": bool(fields["manual"]),
+                    **{k: float(fields[k]) for k in SAFETY_FLOATS},
+                    "target_cpa": None if target != target else target,
+                    "clock_ms": int(fields["last_event_ms"]),
+                    "evidence": int(fields["evidence"]),
+                }
+            out[i] = state
     return out
