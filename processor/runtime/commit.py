@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from processor import metrics
 from processor.config import AppConfig
+from processor.engine import EngineOutputs
 from processor.kafka.serde import SerdeRegistry
 from processor.kafka.transaction import AbortRequiredError
 from processor.runtime.outputs import OutputProducer
@@ -17,11 +20,28 @@ from processor.runtime.partitions import Partitions
 from processor.state.changelog import encode_state_records
 
 
+@dataclass
+class _InFlight:
+    """A commit running on the committer thread."""
+
+    future: Future[None]
+    events: int
+    latency: list[int]
+    started: float
+
+
 class CommitCycle:
     """What the open cycle holds, and how it is committed.
 
     ``open`` is True while a batch (or a commit) is half done: nothing may be committed then —
     not by the loop, not by a rebalance callback, not on close.
+
+    Exactly-once commits overlap the next batches (:meth:`start` / :meth:`settle`): the
+    changelog records and offsets of the cycle go into its transaction, ``commit_transaction``
+    runs on a committer thread (it mostly waits for the broker, without the GIL), and the loop
+    goes on deciding; the outputs of those next batches wait in ``buffered`` until the commit
+    returned and the next transaction began. If the commit fails, the stage resets: the buffered
+    batches are dropped with the rest of the in-memory state and read again.
     """
 
     def __init__(self, config: AppConfig, serdes: SerdeRegistry) -> None:
@@ -31,6 +51,10 @@ class CommitCycle:
         self.last = time.monotonic()
         self.pending_latency: list[int] = []
         self.open = False
+        self.inflight: _InFlight | None = None
+        self.buffered: list[tuple[int, EngineOutputs]] = []
+        self.buffered_events = 0
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="committer")
 
     def due(self) -> bool:
         """Every ``commit_interval_ms``, or earlier after ``commit_every_events`` events."""
@@ -39,28 +63,26 @@ class CommitCycle:
         return (time.monotonic() - self.last) * 1000 >= self.config.commit_interval_ms
 
     def discard(self) -> None:
-        """Forget the open cycle (it was aborted)."""
+        """Forget the open cycle (it was aborted); an in-flight commit is left to :meth:`settle`."""
         self.events = 0
         self.pending_latency.clear()
+        self.buffered.clear()
+        self.buffered_events = 0
         self.open = False
 
-    def commit(self, parts: Partitions, out: OutputProducer, consumer: Consumer) -> int:
-        """Close the cycle; returns the number of input events it committed (0: no-op).
-
-        Raises:
-            AbortRequiredError: A batch is half processed, or the commit must be aborted.
-            ProducerFailedError / ProducerFencedError: See :mod:`processor.kafka.transaction`.
-        """
+    def _stage(
+        self, parts: Partitions, out: OutputProducer, consumer: Consumer
+    ) -> list[TopicPartition] | None:
+        """Write the cycle's changelog records; return the offsets to commit (None: nothing)."""
         self.last = time.monotonic()
         txn = out.txn
         open_txn = txn is not None and txn.active
         dirty = any(e.dirty_campaigns or e.dirty_ensembles for e in parts.engines.values())
         if self.events == 0 and not open_txn and not dirty:
-            return 0
+            return None
         if self.open:
             msg = "commit requested while a batch is half processed"
             raise AbortRequiredError(msg)
-        started = time.monotonic()
         serde = self.serdes["StateRecord"]
         topic = self.config.changelog_topic
         if txn is not None:
@@ -70,23 +92,75 @@ class CommitCycle:
             items = engine.take_dirty()
             if items:
                 out.send(topic, encode_state_records(serde, items), p)
-        offsets = [
+        return [
             TopicPartition(t, p, o) for (t, p), o in parts.offsets.items() if p in parts.engines
         ]
+
+    def start(self, parts: Partitions, out: OutputProducer, consumer: Consumer) -> bool:
+        """Start committing the cycle on the committer thread (exactly-once; at-least-once
+        commits at once). Returns whether there was anything to commit."""
+        txn = out.txn
+        if txn is None:
+            return self.commit(parts, out, consumer) > 0 or bool(self.events)
+        assert self.inflight is None, "one commit at a time"
+        offsets = self._stage(parts, out, consumer)
+        if offsets is None:
+            return False
+        meta = consumer.consumer_group_metadata()
+        future = self._committer.submit(txn.commit, offsets, meta)
+        self.inflight = _InFlight(future, self.events, self.pending_latency, time.monotonic())
+        self.events = 0
+        self.pending_latency = []
+        self.open = False
+        return True
+
+    def settle(self, block: bool) -> int | None:
+        """The in-flight commit's outcome: the events it committed, ``None`` while it runs (only
+        when not ``block``), 0 without one.
+
+        Raises:
+            Whatever the commit raised (see :mod:`processor.kafka.transaction`).
+        """
+        inflight = self.inflight
+        if inflight is None:
+            return 0
+        if not block and not inflight.future.done():
+            return None
+        self.inflight = None
+        inflight.future.result()  # each call inside has its own deadline: this returns
+        self._committed(inflight.latency, inflight.started)
+        return inflight.events
+
+    def commit(self, parts: Partitions, out: OutputProducer, consumer: Consumer) -> int:
+        """Close the cycle now; returns the number of input events it committed (0: no-op).
+
+        Raises:
+            AbortRequiredError: A batch is half processed, or the commit must be aborted.
+            ProducerFailedError / ProducerFencedError: See :mod:`processor.kafka.transaction`.
+        """
+        assert self.inflight is None, "settle the in-flight commit first"
+        started = time.monotonic()
+        offsets = self._stage(parts, out, consumer)
+        if offsets is None:
+            return 0
+        txn = out.txn
         if txn is not None:
             txn.commit(offsets, consumer.consumer_group_metadata())
         else:
             self._commit_at_least_once(out, consumer, offsets)
         self.open = False
-        metrics.TRANSACTIONS.labels("committed").inc()
-        if self.pending_latency:
-            now_ms = time.time() * 1000
-            event_ms = np.asarray(self.pending_latency, dtype=np.float64)
-            metrics.DECISION_LATENCY.observe_many(np.maximum(0.0, (now_ms - event_ms) / 1000))
-            self.pending_latency.clear()
+        self._committed(self.pending_latency, started)
+        self.pending_latency = []
         committed, self.events = self.events, 0
-        metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
         return committed
+
+    def _committed(self, latency: list[int], started: float) -> None:
+        metrics.TRANSACTIONS.labels("committed").inc()
+        if latency:
+            now_ms = time.time() * 1000
+            event_ms = np.asarray(latency, dtype=np.float64)
+            metrics.DECISION_LATENCY.observe_many(np.maximum(0.0, (now_ms - event_ms) / 1000))
+        metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
 
     def _commit_at_least_once(
         self, out: OutputProducer, consumer: Consumer, offsets: Sequence[TopicPartition]

@@ -222,6 +222,8 @@ class Stage(RebalanceCallbacks):
             self._replace_consumer("no_assignment", "no assignment since partitions were lost")
         if self.parts.pending:
             self._restore_pending()
+        if self.cycle.buffered_events >= self.config.commit_every_events:
+            self._settle(block=True)  # do not run ahead of a slow commit without bound
         # after a handler failed, its range is re-read one message at a time (PoisonTracker)
         n = self.poison.batch_size(self.config.max_batch_events)
         msgs = self.consumer.consume(n, self.config.poll_timeout_ms / 1000)
@@ -230,8 +232,10 @@ class Stage(RebalanceCallbacks):
         if msgs:
             self._process(msgs)
         self.out.poll()
-        if self.cycle.due():
-            self._commit()
+        self._settle(block=False)
+        started = self.cycle.inflight is None and self.cycle.due()
+        if started and self.cycle.start(self.parts, self.out, self.consumer):
+            self.parts.export_gauges()
         if time.monotonic() - self._last_gauges >= 1.0:
             self._export_gauges()
 
@@ -280,6 +284,13 @@ class Stage(RebalanceCallbacks):
         reason = self._reset_reason
         self.health.ready = False
         self.health.reason = f"recovering: {reason}"
+        if self.cycle.inflight is not None:
+            try:  # whatever it did is in Kafka; the reset rewinds to what was committed
+                self.cycle.settle(block=True)
+            except ProducerFailedError as exc:
+                self._producer_failed = self._producer_failed or exc
+            except (AbortRequiredError, TransactionError) as exc:
+                logger.warning("the commit in flight failed too: %s", exc)
         txn = self.out.txn
         if self._producer_failed is None and txn is not None and txn.active:
             try:
@@ -394,7 +405,8 @@ class Stage(RebalanceCallbacks):
         if not batch:
             return
         self._current_batch = batch
-        if self.out.txn is not None:
+        overlapping = self.cycle.inflight is not None
+        if self.out.txn is not None and not overlapping:
             self.out.txn.begin()
         self.cycle.open = True
         ends = batch.ends()
@@ -406,8 +418,13 @@ class Stage(RebalanceCallbacks):
         outs = run_engines(batch, self.parts.engines, self.config.topics.bid_requests, now_ms)
         total = EngineOutputs()
         for p, out in outs.items():
-            self._produce(p, out)
+            if overlapping:  # the previous commit still runs: produce after it (see _settle)
+                self.cycle.buffered.append((p, out))
+            else:
+                self._produce(p, out)
             total.extend(out)
+        if overlapping:
+            self.cycle.buffered_events += batch.events
         self.cycle.pending_latency.extend(total.decision_event_ms)
         self.cycle.open = False
         self._current_batch = None
@@ -425,8 +442,29 @@ class Stage(RebalanceCallbacks):
             pairs = [(d.key, serde.encode(d.to_record(now))) for d in out.dead_letters]
             self.out.send(topics.dead_letters, pairs, None)
 
+    def _settle(self, block: bool) -> None:
+        """Finish an in-flight commit (raising its error); then begin the next transaction with
+        the outputs that waited for it."""
+        committed = self.cycle.settle(block)
+        if committed is None:
+            return
+        if committed:
+            self._recoveries = 0
+            self.poison.progress()
+        if self.cycle.buffered:
+            if self.out.txn is not None:
+                self.out.txn.begin()
+            self.cycle.open = True
+            for p, out in self.cycle.buffered:
+                self._produce(p, out)
+            self.cycle.buffered.clear()
+            self.cycle.buffered_events = 0
+            self.cycle.open = False
+
     def _commit(self) -> None:
+        """Commit everything processed so far, now (rebalance, stop)."""
         assert self.consumer is not None
+        self._settle(block=True)
         if self.cycle.commit(self.parts, self.out, self.consumer):
             self._recoveries = 0
             self.poison.progress()

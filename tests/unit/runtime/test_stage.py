@@ -155,6 +155,34 @@ def test_happy_path_commits_every_outcome_and_decision_exactly_once() -> None:
     assert_exact(kafka, config, outs, reqs)
 
 
+def test_the_loop_decides_while_a_commit_is_in_flight() -> None:
+    """The commit runs on the committer thread; outputs of the batches decided meanwhile wait
+    for the next transaction and are committed exactly once."""
+    kafka, config = FakeKafka(), make_config()
+    outs, reqs = feed(kafka, config)
+    release = threading.Event()
+    kafka.fail("commit_transaction", lambda: None, blocks(release))
+    stage = Stage(config, kafka=kafka.clients())
+    running = Running(stage)
+    wait_for(
+        lambda: (
+            stage.cycle.inflight is not None
+            and release is not None
+            and kafka.calls.count("commit_transaction") == 2
+        ),
+        10,
+        description="the second commit in flight",
+    )
+    more = request_records(60, campaigns=6, seed=5, start_ms=1_700_000_050_000)
+    kafka.produce_records(config.topics.bid_requests, "BidRequest", more, "campaign_id")
+    wait_for(lambda: stage.cycle.buffered, 10, description="decisions made during the commit")
+    assert not {r["request_id"] for r in more} & set(decided(kafka, config))
+    release.set()
+    wait_for(lambda: drained(kafka, config), 20, description="drain")
+    assert running.stop() == EXIT_OK
+    assert_exact(kafka, config, outs, reqs + more)
+
+
 def test_retriable_errors_are_retried_in_place() -> None:
     kafka, config = FakeKafka(), make_config()
     outs, reqs = feed(kafka, config)
