@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -180,6 +181,10 @@ class DecisionTail:
         self.arms: dict[str, Counter[str]] = defaultdict(Counter)
         self.sample: list[str] = []
         self.seen = 0
+        self.ids: set[str] = set()
+        self.duplicates = 0
+        self.modes: Counter[str] = Counter()
+        self.latency_ms: list[float] = []
 
     def poll(self) -> None:
         """Take whatever arrived since the last call."""
@@ -187,8 +192,21 @@ class DecisionTail:
             value = msg.value()
             if msg.error() is None and value is not None:
                 decision = self.serde.decode(value)
+                # event time → the decision visible to a read_committed reader (this one)
+                self.latency_ms.append(time.time() * 1000 - decision["event_time"])
                 self.arms[decision["campaign_id"]][decision["arm"]] += 1
+                self.modes[decision["mode"]] += 1
+                if decision["request_id"] in self.ids:
+                    self.duplicates += 1
+                self.ids.add(decision["request_id"])
                 self.seen += 1
+
+    def arm_shares(self) -> dict[str, float]:
+        """Decisions by arm, over every campaign."""
+        total: Counter[str] = Counter()
+        for counts in self.arms.values():
+            total.update(counts)
+        return dict(total)
 
     def lines(self) -> list[str]:
         """Arm shares of the sample campaigns (the busiest until enough were seen, then fixed)."""
@@ -244,6 +262,49 @@ def summary(now: Samples, before: Samples, dt: float, elapsed: float) -> list[st
     for ensemble, ws in sorted(weights.items())[:2]:
         text = "  ".join(f"{a} {w:.3f}" for a, w in sorted(ws.items()))
         lines.append(f"       weights {ensemble}: {text}")
+    return lines
+
+
+def final_summary(tail: DecisionTail, samples: Samples, elapsed: float, code: int) -> list[str]:
+    """The closing block: what the run did, with real latency percentiles."""
+    consumed = _by(samples, "bandit_processor_events_consumed_total", "topic")
+    modes = tail.modes
+    n = sum(modes.values())
+    lat = np.asarray(tail.latency_ms) if tail.latency_ms else np.zeros(0)
+
+    def pct(counts: Counter[str], key: str) -> str:
+        return f"{key} {counts[key] / n:.0%}" if n else f"{key} -"
+
+    lines = [
+        f"== summary of {elapsed:.0f} s ==",
+        f"events consumed  {sum(consumed.values()):,.0f} ("
+        + ", ".join(f"{topic} {v:,.0f}" for topic, v in sorted(consumed.items()))
+        + ")",
+        f"decisions        {n:,} committed, {tail.duplicates} duplicates; "
+        + ", ".join(pct(modes, m) for m in ("exploit", "explore", "emergency", "blocked")),
+        f"arm shares       {_shares(tail.arm_shares())}",
+    ]
+    weights: dict[str, dict[str, float]] = defaultdict(dict)
+    for (name, labels), v in samples.items():
+        if name == "bandit_processor_ensemble_arm_weight":
+            d = dict(labels)
+            weights[d["ensemble"]][d["arm"]] = v
+    for ensemble, ws in sorted(weights.items())[:3]:
+        text = "  ".join(f"{a} {w:.2f}" for a, w in sorted(ws.items()))
+        lines.append(f"weights {ensemble:<8} {text}")
+    if lat.size:
+        p50, p99 = np.percentile(lat, [50, 99])
+        lines.append(
+            f"latency          event → decision visible: p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
+            f"max {lat.max():.0f} ms ({lat.size:,} decisions)"
+        )
+    committed = _total(samples, "bandit_processor_transactions_total", outcome="committed")
+    aborted = _total(samples, "bandit_processor_transactions_total", outcome="aborted")
+    dead = _total(samples, "bandit_processor_dead_letters_total")
+    lines.append(
+        f"transactions     {committed:,.0f} committed, {aborted:,.0f} aborted; "
+        f"dead letters {dead:,.0f}; stage exit code {code}"
+    )
     return lines
 
 
@@ -306,11 +367,16 @@ def run_demo(bootstrap: str, seconds: float, rate: float, partitions: int, port:
             print("\n".join(summary(now, last, now_t - last_t, now_t - started)), flush=True)
             print("\n".join(tail.lines()), flush=True)
             last, last_t = now, now_t
-        families, samples = count_metrics(port)
+        families, n_samples = count_metrics(port)
         print(
-            f"\nmetrics: {families} metric families, {samples} samples, "
+            f"\nmetrics: {families} metric families, {n_samples} samples, "
             f"at http://127.0.0.1:{port}/metrics (until the stage stops)"
         )
+        drain_until = time.monotonic() + 5.0
+        while time.monotonic() < drain_until and tail.seen < requests:
+            tail.poll()  # the last decisions, committed after the simulator finished
+        final = scrape(port)
+        elapsed = time.monotonic() - started
     finally:
         if tail is not None:
             tail.close()
@@ -321,7 +387,9 @@ def run_demo(bootstrap: str, seconds: float, rate: float, partitions: int, port:
         sim_log.close()
     print("simulator report:")
     print("".join(f"    {line}\n" for line in _read(RUN_DIR / "simulate.log")[-8:]), end="")
-    print(f"stage stopped with exit code {code} (SIGTERM: finish the batch, commit, exit)")
+    print(f"stage stopped with exit code {code} (SIGTERM: finish the batch, commit, exit)\n")
+    if tail is not None:
+        print("\n".join(final_summary(tail, final, elapsed, code)))
     return code
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,8 @@ def test_demo_runs_prints_a_summary_and_stops_cleanly(bootstrap: str) -> None:
     assert "metric families" in out
     assert "decisions received 400 (duplicates 0)" in out
     assert "stage stopped with exit code 0" in out
+    # the closing summary, with real latency figures (not histogram bucket bounds)
+    summary = out.split("== summary of", 1)[1]
+    assert "decisions        400 committed, 0 duplicates" in summary
+    assert re.search(r"latency +event → decision visible: p50 \d+ ms, p99 \d+ ms", summary)
+    assert "arm shares" in summary and "stage exit code 0" in summary
