@@ -83,6 +83,7 @@ class KeyedNormalGamma(KeyTable):
         "total_sq": (np.float64, True, 0.0),
         "last_event_ms": (np.int64, False, 0),
         "_pcache": (np.float64, True, 0.0),
+        "_gcache": (np.int64, False, 0),
         "_pver": (np.int64, False, -1),
     }
 
@@ -208,18 +209,23 @@ class KeyedNormalGamma(KeyTable):
             student_t_quantile(loc, scale, dof, 1.0 - tail),
         )
 
-    def propensities(self, rows: ArrayLike) -> FloatArray:
-        """(len(rows), K) exact P(arm is argmax of a posterior draw); cached per (row, version)."""
-        r = np.asarray(rows, dtype=np.int64)
+    def _refresh(self, r: IntArray) -> None:
+        """Recompute the cached propensities and best-mean arm of rows whose version moved."""
         ver = self._arr["version"]
         pver = self._arr["_pver"]
         stale = np.unique(r[pver[r] != ver[r]])
         if stale.size:
             loc, scale, dof = self.marginals(stale)
-            self._arr["_pcache"][stale] = student_t_propensities(
-                loc, scale, dof, self._arr["active"][stale]
-            )
+            active = self._arr["active"][stale]
+            self._arr["_pcache"][stale] = student_t_propensities(loc, scale, dof, active)
+            # the Student-t location is the posterior mean μn
+            self._arr["_gcache"][stale] = np.argmax(np.where(active, loc, -np.inf), axis=1)
             pver[stale] = ver[stale]
+
+    def propensities(self, rows: ArrayLike) -> FloatArray:
+        """(len(rows), K) exact P(arm is argmax of a posterior draw); cached per (row, version)."""
+        r = np.asarray(rows, dtype=np.int64)
+        self._refresh(r)
         return np.asarray(self._arr["_pcache"][r], dtype=np.float64)
 
     def select(self, rows: ArrayLike, uniforms: ArrayLike) -> tuple[IntArray, FloatArray]:
@@ -238,11 +244,12 @@ class KeyedNormalGamma(KeyTable):
         return np.asarray(np.argmax(theta, axis=1), dtype=np.int64)
 
     def select_deterministic(self, rows: ArrayLike) -> tuple[IntArray, FloatArray]:
-        """Best posterior mean among active arms (ties → lowest column) and its propensity."""
+        """Best posterior mean among active arms (ties → lowest column) and its propensity;
+        cached per (row, version) with the propensities."""
         r = np.asarray(rows, dtype=np.int64)
-        mean = np.where(self._arr["active"][r], self.posterior(r)[0], -np.inf)
-        arms = np.asarray(np.argmax(mean, axis=1), dtype=np.int64)
-        return arms, self.propensities(r)[np.arange(r.size), arms]
+        self._refresh(r)
+        arms = np.asarray(self._arr["_gcache"][r], dtype=np.int64)
+        return arms, np.asarray(self._arr["_pcache"][r, arms], dtype=np.float64)
 
     def add_arm(self, name: str, key: str | None = None) -> int:
         """Enable arm ``name`` (no evidence) for ``key`` or every key; returns its column.
