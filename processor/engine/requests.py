@@ -18,11 +18,13 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from processor.engine import outputs
 from processor.engine.outputs import EngineOutputs, MergedSource, SourceBatch
 from processor.kafka.columnar_encode import encode_columns
 from processor.policy.batches import DecisionBatch, RequestBatch
+from processor.policy.bidding import LookedUp
 from processor.policy.safety import GUARDRAIL_NAMES
 
 if TYPE_CHECKING:
@@ -67,26 +69,49 @@ def decide_requests(
         return
     good = batch.take(good_pos) if good_pos.size < len(batch) else batch
     part_of_good = merged.partition_array[idx[good_pos]]
-    decided: list[tuple[int, DecisionBatch]] = []
+    # Each partition's requests are looked up in its own state; the decisions themselves are
+    # elementwise, so they are made in one pass over all partitions (per partition they equal
+    # deciding that partition alone: tested).
+    spans: list[tuple[int, int, int]] = []
+    selections: list[npt.NDArray[np.int64]] = []
+    looked: list[LookedUp] = []
+    start = 0
     for p in parts:
         sel = np.flatnonzero(part_of_good == p)
         if not sel.size:
             continue
         engine = engines[p]
         sub = good.take(sel) if sel.size < len(good) else good
-        decided.append((p, engine.policy.decide(sub, engine.campaigns, decided_at_ms=now_ms)))
+        looked.append(engine.policy.look_up(sub, engine.campaigns))
+        selections.append(sel)
+        spans.append((p, start, start + sel.size))
+        start += sel.size
         outs[p].decision_event_ms.extend(sub.event_time.tolist())
-    _emit(first, decided, outs)
+    order = np.concatenate(selections)
+    ordered = good if len(selections) == 1 else good.take(order)
+    policy = first.policy
+    if all(lu.same_arms(looked[0]) for lu in looked[1:]):
+        decisions = policy.decide_looked_up(ordered, LookedUp.concat(looked), decided_at_ms=now_ms)
+    else:  # arms added at run time on some partitions only: decide each on its own columns
+        decisions = _concat(
+            [
+                policy.decide_looked_up(ordered.take(slice(a, b)), lu, decided_at_ms=now_ms)
+                for (_, a, b), lu in zip(spans, looked, strict=True)
+            ]
+        )
+    _emit(first, decisions, spans, outs)
 
 
 def _emit(
     engine: PartitionEngine,
-    decided: list[tuple[int, DecisionBatch]],
+    decisions: DecisionBatch,
+    spans: list[tuple[int, int, int]],
     outs: Mapping[int, EngineOutputs],
 ) -> None:
-    """Encode every partition's decisions as one batch (same bytes as one by one) and count."""
-    batches = [d for _, d in decided]
-    decisions = batches[0] if len(batches) == 1 else _concat(batches)
+    """Encode every partition's decisions as one batch (same bytes as one by one) and count.
+
+    ``spans`` says which rows of ``decisions`` belong to which partition: ``(p, start, end)``.
+    """
     serde = engine.serdes["BidDecision"]
     n = len(decisions)
     masks = decisions.guardrails.tolist()
@@ -114,9 +139,7 @@ def _emit(
     if values is None:
         values = [serde.encode(rec) for rec in decisions.to_records()]
     keys = [c.encode() for c in campaign_ids]
-    start = 0
-    for p, batch in decided:
-        end = start + len(batch)
+    for p, start, end in spans:
         out = outs[p]
         out.decisions.extend(zip(keys[start:end], values[start:end], strict=True))
         out.modes.update(Counter(modes[start:end]))
@@ -124,7 +147,6 @@ def _emit(
         for m, count in Counter(masks[start:end]).items():
             for g in names_of[m]:
                 out.guardrails[g] += count
-        start = end
 
 
 def _concat(batches: list[DecisionBatch]) -> DecisionBatch:

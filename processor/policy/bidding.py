@@ -120,6 +120,45 @@ class ObserveResult:
         return np.asarray(self.violations != 0, dtype=np.bool_)
 
 
+ArmTable = tuple[npt.NDArray[Any], F64, F64, int]
+"""Arm names, bid and budget multipliers per state column, and the conservative column."""
+
+
+@dataclass(frozen=True)
+class LookedUp:
+    """What deciding a batch reads from the campaigns' state, one row per request."""
+
+    arms: ArmTable
+    props: F64
+    greedy: I64
+    emergency: B
+    evidence: I64
+    predicted_cvr: F64
+    version: I64
+
+    def same_arms(self, other: LookedUp) -> bool:
+        """True when both were looked up in states with the same arm columns."""
+        a, b = self.arms, other.arms
+        return (
+            a[3] == b[3]
+            and a[0].tolist() == b[0].tolist()
+            and bool((a[1] == b[1]).all() and (a[2] == b[2]).all())
+        )
+
+    @staticmethod
+    def concat(parts: list[LookedUp]) -> LookedUp:
+        """One :class:`LookedUp` of several (same arm table: see :meth:`same_arms`)."""
+        return LookedUp(
+            arms=parts[0].arms,
+            props=np.concatenate([p.props for p in parts]),
+            greedy=np.concatenate([p.greedy for p in parts]),
+            emergency=np.concatenate([p.emergency for p in parts]),
+            evidence=np.concatenate([p.evidence for p in parts]),
+            predicted_cvr=np.concatenate([p.predicted_cvr for p in parts]),
+            version=np.concatenate([p.version for p in parts]),
+        )
+
+
 class BidPolicy:
     """Thompson-sampling bid policy with safe exploration, guardrails on evidence and pacing.
 
@@ -132,7 +171,7 @@ class BidPolicy:
         self.config = config
         self.safety = safety if safety is not None else SafetyConstraints()
 
-    def _arm_table(self, state: BiddingState) -> tuple[npt.NDArray[Any], F64, F64, int]:
+    def _arm_table(self, state: BiddingState) -> ArmTable:
         """Names, bid and budget multipliers per column, and the conservative column.
 
         Arms added at run time by a control command that the config does not name bid like
@@ -170,13 +209,41 @@ class BidPolicy:
         Returns:
             One decision per request, in request order.
         """
-        cfg, n = self.config, len(requests)
+        looked_up = self.look_up(requests, state)
+        return self.decide_looked_up(requests, looked_up, deterministic, decided_at_ms)
+
+    def look_up(self, requests: RequestBatch, state: BiddingState) -> LookedUp:
+        """What a decision needs from the campaigns' state, per request (the only part of
+        :meth:`decide` that reads state: requests of several partitions, each looked up in its
+        own state, are then decided in one elementwise pass)."""
         rows = state.rows(requests.campaign_id)
-        arm_names, bid_mult, budget_mult, cons = self._arm_table(state)
-        posterior = state.value if cfg.value_objective else state.thompson
+        posterior = state.value if self.config.value_objective else state.thompson
+        greedy, _ = posterior.select_deterministic(rows)
+        safety = state.safety
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prior_cvr = requests.base_bid / requests.target_cpa
+        return LookedUp(
+            arms=self._arm_table(state),
+            props=np.asarray(posterior.propensities(rows), dtype=np.float64),
+            greedy=np.asarray(greedy, dtype=np.int64),
+            emergency=np.asarray(safety.emergency[rows], dtype=np.bool_),
+            evidence=safety.arrays["evidence"][rows],
+            predicted_cvr=safety.predicted_cvr(self.safety, rows, prior_cvr),
+            version=np.asarray(state.thompson.version[rows], dtype=np.int64),
+        )
+
+    def decide_looked_up(
+        self,
+        requests: RequestBatch,
+        looked_up: LookedUp,
+        deterministic: bool = False,
+        decided_at_ms: int | None = None,
+    ) -> DecisionBatch:
+        """:meth:`decide` once the state is looked up (elementwise over the batch)."""
+        cfg, n = self.config, len(requests)
+        arm_names, bid_mult, budget_mult, cons = looked_up.arms
+        props, greedy = looked_up.props, looked_up.greedy
         ids = requests.request_id
-        props = np.asarray(posterior.propensities(rows), dtype=np.float64)
-        greedy = np.asarray(posterior.select_deterministic(rows)[0], dtype=np.int64)
         # the ids are hashed once for every stream a decision may use
         u_arm, u_bid, u_budget, u_pace = request_uniform_streams(
             cfg.seed, ids, (STREAM_ARM, STREAM_BID_JITTER, STREAM_BUDGET_JITTER, STREAM_PACING)
@@ -190,12 +257,11 @@ class BidPolicy:
             arm = inverse_cdf_select(props, u_arm) if n else np.zeros(0, dtype=np.int64)
             propensity = props[idx, arm]
             mode = np.where(arm == greedy, M_EXPLOIT, M_EXPLORE)
-        safety = state.safety
-        emergency = safety.emergency[rows]
+        emergency = looked_up.emergency
         forced, refused, arm_mask = arm_overrides(
             self.safety,
             in_emergency=emergency,
-            evidence=safety.arrays["evidence"][rows],
+            evidence=looked_up.evidence,
             audience=requests.audience,
             event_time_ms=requests.event_time,
             utc_offset_minutes=requests.utc_offset_minutes,
@@ -212,9 +278,6 @@ class BidPolicy:
             budget_jitter = 1.0 + cfg.explore_budget_jitter * (2.0 * u_budget - 1.0)
             bid = bid * np.where(exploring, bid_jitter, 1.0)
             budget = budget * np.where(exploring, budget_jitter, 1.0)
-        target = requests.target_cpa
-        with np.errstate(divide="ignore", invalid="ignore"):
-            prior_cvr = requests.base_bid / target
         bid, budget, exhausted, money_mask = clamp_money(
             self.safety,
             bid=bid,
@@ -222,8 +285,8 @@ class BidPolicy:
             base_budget=requests.base_budget,
             daily_budget=requests.daily_budget,
             spent_today=requests.spent_today,
-            target_cpa=target,
-            predicted_cvr=safety.predicted_cvr(self.safety, rows, prior_cvr),
+            target_cpa=requests.target_cpa,
+            predicted_cvr=looked_up.predicted_cvr,
         )
         rate = participation(
             self.safety,
@@ -251,7 +314,7 @@ class BidPolicy:
             confidence=props[idx, arm] if n else np.zeros(0),
             mode=mode.astype(np.int64),
             guardrails=mask.astype(np.int64),
-            policy_version=np.asarray(state.thompson.version[rows], dtype=np.int64),
+            policy_version=looked_up.version,
             event_time=requests.event_time,
             decided_at=np.full(n, now, dtype=np.int64),
         )

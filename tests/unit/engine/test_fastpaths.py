@@ -286,3 +286,34 @@ def test_requests_of_several_partitions_in_one_pass_equal_each_partition_alone(
             assert b.decision_event_ms == a.decision_event_ms
             assert (b.modes, b.arms_chosen, b.guardrails) == (a.modes, a.arms_chosen, a.guardrails)
             assert len(a.decisions) > 0 and len(a.dead_letters) > 0
+
+
+def test_partitions_with_different_arm_tables_are_decided_each_on_its_own_columns() -> None:
+    """The one-pass decision needs one arm table; when a partition's differs (arms restored
+    from another configuration), each partition is decided on its own columns, as alone."""
+    t = CFG.topics
+    parts = [0, 1]
+    alone = {p: PartitionEngine(CFG, p, SERDES) for p in parts}
+    together = {p: PartitionEngine(CFG, p, SERDES) for p in parts}
+    for engines in (alone, together):
+        policy = engines[0].policy
+        table = policy._arm_table
+
+        def shifted(state: Any, table: Any = table) -> Any:
+            names, bid, budget, cons = table(state)
+            return names, bid * 1.5, budget, cons
+
+        policy._arm_table = shifted  # type: ignore[method-assign]
+    requests = {p: _requests(120, 40 + p) for p in parts}
+    now = 1_700_000_200_000
+    expected = {
+        p: alone[p].process({t.bid_requests: _batch(t.bid_requests, requests[p], 0, p)}, now_ms=now)
+        for p in parts
+    }
+    outs = {p: EngineOutputs() for p in parts}
+    engine_requests.decide_requests(
+        together, {p: _batch(t.bid_requests, requests[p], 0, p) for p in parts}, outs, now
+    )
+    for p in parts:
+        assert outs[p].decisions == expected[p].decisions, p
+    assert expected[0].decisions != expected[1].decisions
