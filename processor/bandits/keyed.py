@@ -135,6 +135,7 @@ class KeyedThompson(KeyTable):
         arms: ArrayLike,
         success: ArrayLike,
         event_time_ms: ArrayLike | None = None,
+        weight: ArrayLike | None = None,
     ) -> None:
         """Apply a batch of reward events in order (equal to applying them one by one).
 
@@ -142,6 +143,11 @@ class KeyedThompson(KeyTable):
         multiplied by ``discount ** (Δt / discount_unit_ms)`` before each event that moves its
         clock forward; late events are not decayed and do not move the clock. Without event
         times each event advances the clock by one unit (classic per-step discounting).
+
+        ``weight`` (default 1) scales each event's increments; −1 retracts an event applied
+        before (the reward join). A retraction decays from its own event time, not from the
+        clock: it removes what an event applied in time order at that time has left. Counts
+        are clipped at zero after signed updates.
 
         Raises:
             BanditInputError: on out-of-range rows/arms or a success outside [0, 1]; nothing
@@ -164,6 +170,10 @@ class KeyedThompson(KeyTable):
         elif self.discount < 1.0:
             times = last[r] + (ranks_within_groups(r) + 1) * self.discount_unit_ms
         succ, fail = self._arr["successes"], self._arr["failures"]
+        w = np.ones_like(s) if weight is None else np.asarray(weight, dtype=np.float64)
+        if w.shape != r.shape or not np.all(np.isfinite(w)):
+            msg = "weight must be one finite value per event"
+            raise BanditInputError(msg)
         if self.discount < 1.0 and times is not None:
             clock = np.maximum(_grouped_running_max(r, times), last[r])
             touched, inv = np.unique(r, return_inverse=True)
@@ -173,15 +183,19 @@ class KeyedThompson(KeyTable):
             row_decay = np.exp(log_d * (final - last[touched]).astype(np.float64))
             succ[touched] *= row_decay[:, None]
             fail[touched] *= row_decay[:, None]
-            w = np.exp(log_d * (final[inv] - clock).astype(np.float64))
+            age = np.where(w < 0, times, clock)  # a retraction decays from its own time
+            w = w * np.exp(log_d * (final[inv] - age).astype(np.float64))
             np.add.at(succ, (r, a), s * w)
             np.add.at(fail, (r, a), (1.0 - s) * w)
             last[touched] = final
         else:
-            np.add.at(succ, (r, a), s)
-            np.add.at(fail, (r, a), 1.0 - s)
+            np.add.at(succ, (r, a), s * w)
+            np.add.at(fail, (r, a), (1.0 - s) * w)
             if times is not None:
                 np.maximum.at(last, r, times)
+        if weight is not None:
+            succ[r, a] = np.maximum(succ[r, a], 0.0)
+            fail[r, a] = np.maximum(fail[r, a], 0.0)
         np.add.at(self._arr["version"], r, 1)
 
     def propensities(self, rows: ArrayLike) -> FloatArray:

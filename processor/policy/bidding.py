@@ -481,7 +481,9 @@ class BidPolicy:
         success = np.where(np.isnan(outcomes.success), rule, outcomes.success > 0.5)
         return np.asarray(reward, dtype=np.float64), np.asarray(success, dtype=np.bool_)
 
-    def observe(self, outcomes: OutcomeBatch, state: BiddingState) -> ObserveResult:
+    def observe(
+        self, outcomes: OutcomeBatch, state: BiddingState, weight: F64 | None = None
+    ) -> ObserveResult:
         """Apply a batch of validated outcomes in event order.
 
         Thompson update (order-exact batch), outcome-side safety checks, consecutive
@@ -490,6 +492,10 @@ class BidPolicy:
         Args:
             outcomes: Outcomes that passed :func:`validate_outcomes`.
             state: Campaign state; unknown campaigns get fresh rows.
+            weight: Per outcome, +1.0 applies it (the default) and −1.0 retracts an outcome
+                applied before with +1.0 (the reward join's restatements). A retraction must
+                carry the retracted outcome's explicit ``success`` and ``reward`` (what was
+                applied), so nothing is drawn again.
 
         Returns:
             Per-event reward, success and safety flags, and the campaigns whose emergency
@@ -500,25 +506,41 @@ class BidPolicy:
         arms = self.arm_indices(outcomes.arm, state)
         if len(outcomes):
             state.thompson.update(
-                rows, arms, success.astype(np.float64), event_time_ms=outcomes.event_time
+                rows,
+                arms,
+                success.astype(np.float64),
+                event_time_ms=outcomes.event_time,
+                weight=weight,
             )
+        # JOIN-CONTRACT: the EWMA safety monitor cannot take an outcome back, so retractions
+        # (weight < 0) skip it and a restated outcome is monitored as one more observation.
+        # Issue 13's additive guardrail statistics replace this: retract them with weight −1.
+        on: Any = slice(None) if weight is None else np.flatnonzero(np.asarray(weight) > 0)
         checks = state.safety.observe(
             self.safety,
-            rows,
-            reward,
-            outcomes.spend,
-            outcomes.revenue,
-            outcomes.conversions.astype(np.float64),
-            outcomes.budget,
-            outcomes.target_cpa,
+            rows[on],
+            reward[on],
+            outcomes.spend[on],
+            outcomes.revenue[on],
+            outcomes.conversions[on].astype(np.float64),
+            outcomes.budget[on],
+            outcomes.target_cpa[on],
         )
         keys = state.thompson.keys
+        violations, in_emergency, degraded = checks.violations, checks.in_emergency, checks.degraded
+        if weight is not None:
+            violations = np.zeros(len(outcomes), dtype=np.int64)
+            violations[on] = checks.violations
+            in_emergency = np.asarray(state.safety.emergency[rows], dtype=np.bool_)
+            in_emergency[on] = checks.in_emergency
+            degraded = np.zeros(len(outcomes), dtype=np.bool_)
+            degraded[on] = checks.degraded
         return ObserveResult(
             reward=reward,
             success=success,
-            violations=checks.violations,
-            in_emergency=checks.in_emergency,
-            degraded=checks.degraded,
+            violations=violations,
+            in_emergency=in_emergency,
+            degraded=degraded,
             entered_emergency=[str(keys[int(r)]) for r in checks.entered_rows],
             left_emergency=[str(keys[int(r)]) for r in checks.left_rows],
         )
