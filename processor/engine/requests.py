@@ -74,7 +74,9 @@ def decide_requests(
             continue
         engine = engines[p]
         sub = good.take(sel) if sel.size < len(good) else good
-        decided.append((p, engine.policy.decide(sub, engine.campaigns, decided_at_ms=now_ms)))
+        decisions = engine.policy.decide(sub, engine.campaigns, decided_at_ms=now_ms)
+        engine.log_decisions(decisions)  # the reward join's log (DESIGN §3b)
+        decided.append((p, decisions))
         outs[p].decision_event_ms.extend(sub.event_time.tolist())
     _emit(first, decided, outs)
 
