@@ -323,7 +323,6 @@ class PartitionEngine:
 
     def _logged_decisions(self, source: SourceBatch) -> None:
         """Replay: log the decisions of the bid-decisions topic (undecodable ones are skipped)."""
-        assert self.join is not None or not source
         if self.join is None:
             return
         records, _, _ = self.serdes["BidDecision"].decode_many(source.values)
