@@ -31,15 +31,16 @@ from processor.errors import StateError
 from processor.join.table import EntryTable
 from processor.state.joinlog import (
     CHUNK_ENTRIES,
-    ENTRY,
     NO_TIME,
+    RAW,
     ROW,
-    ROW_NAMES,
     SLOTS,
     ChunkHeader,
     chunk_key,
     merge_chunks,
     pack_chunk,
+    take_rows,
+    to_entries,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,12 @@ class DecisionLog:
         """Smallest live entry time (NO_TIME when nothing has expired or been evicted)."""
         expiry = NO_TIME if self.watermark == NO_TIME else self.watermark - self.retention_ms
         return max(expiry, self.evict_below)
+
+    def late_before(self, grace_ms: int) -> int:
+        """Outcomes of requests not in the log are late below this: max(W − grace, the
+        eviction bound) — their decision could have been in the log and be gone."""
+        grace = NO_TIME if self.watermark == NO_TIME else self.watermark - grace_ms
+        return max(grace, self.evict_below)
 
     def observe_time(self, t_max: int) -> None:
         """An outcome with event time ``t_max`` was processed; W moves at :meth:`settle`."""
@@ -152,7 +159,7 @@ class DecisionLog:
         bound = self.lower_bound
         keys, rows = self.table.select(lambda r: r["t"] >= bound)
         order = np.argsort(keys, kind="stable")
-        return keys[order], rows[order]
+        return keys[order], take_rows(rows, order)
 
     def lookup(self, keys: U8) -> tuple[B, I64, I64, Rows]:
         """Live entries of ``keys``: ``(found, run, pos, rows)``; a dead row is ``run`` ≥ 0
@@ -178,12 +185,12 @@ class DecisionLog:
 
     def put_new(self, keys: U8, rows: Rows, run: I64, pos: I64) -> None:
         """New entries: reuse the dead row of the same key where there is one, else insert."""
-        reuse = run >= 0
-        if reuse.any():
-            self.update(keys[reuse], run[reuse], pos[reuse], rows[reuse])
-        if not reuse.all():
-            fresh = ~reuse
-            self.insert(keys[fresh], rows[fresh])
+        reuse = np.flatnonzero(run >= 0)
+        if reuse.size:
+            self.update(keys[reuse], run[reuse], pos[reuse], take_rows(rows, reuse))
+        if reuse.size < keys.shape[0]:
+            fresh = np.flatnonzero(run < 0)
+            self.insert(keys[fresh], take_rows(rows, fresh))
 
     def _mark(self, keys: U8, rows: Rows) -> None:
         self._dirty_keys.append(keys.copy())
@@ -216,11 +223,8 @@ class DecisionLog:
             keys, rows = self._take_over(keys, rows, bucket)
         run, pos = self.table.find(keys)
         self.table.set_slot(run, pos, self._slot)
-        entries = np.empty(keys.shape[0], dtype=ENTRY)
-        entries["h"] = keys
-        for name in ROW_NAMES:
-            entries[name] = rows[name]
-        entries["slot"] = self._slot
+        rows["slot"] = self._slot
+        entries = to_entries(keys, rows)
         out = []
         for first in range(0, max(1, entries.shape[0]), CHUNK_ENTRIES):
             part = entries[first : first + CHUNK_ENTRIES]
@@ -244,12 +248,12 @@ class DecisionLog:
         if not self._dirty_keys:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=ROW)
         keys = np.concatenate(self._dirty_keys)
-        rows = np.concatenate(self._dirty_rows)
+        rows = np.concatenate([r.view(RAW) for r in self._dirty_rows]).view(ROW)
         self._dirty_keys.clear()
         self._dirty_rows.clear()
         keys, rows = _latest(keys, rows)
-        live = rows["t"] >= self.lower_bound
-        return keys[live], rows[live]
+        live = np.flatnonzero(rows["t"] >= self.lower_bound)
+        return keys[live], take_rows(rows, live)
 
     def _take_over(self, keys: U8, rows: Rows, bucket: int) -> tuple[U8, Rows]:
         """Move the ring to the next slot; add the live entries held there to what is written."""
@@ -258,7 +262,8 @@ class DecisionLog:
         old_keys, old_rows = self.table.select(lambda r: (r["slot"] == nxt) & (r["t"] >= bound))
         if old_keys.shape[0]:
             logger.debug("changelog slot %d reused: rewriting %d live entries", nxt, old_keys.size)
-            keys, rows = _latest(np.concatenate([old_keys, keys]), np.concatenate([old_rows, rows]))
+            both = np.concatenate([old_rows.view(RAW), rows.view(RAW)]).view(ROW)
+            keys, rows = _latest(np.concatenate([old_keys, keys]), both)
         self._slot = nxt
         self._j = 0
         self._slot_bucket = bucket if self._slot_bucket is None else max(bucket, self._slot_bucket)
@@ -276,8 +281,11 @@ class DecisionLog:
         self._dirty_keys.clear()
         self._dirty_rows.clear()
         bound = self.lower_bound
-        live = merged.rows["t"] >= bound
-        self.table.load(merged.keys[live], merged.rows[live])
+        live = np.flatnonzero(merged.rows["t"] >= bound)
+        if live.size < merged.keys.shape[0]:
+            self.table.load(merged.keys[live], take_rows(merged.rows, live))
+        else:
+            self.table.load(merged.keys, merged.rows)
         self._purged_at = bound
         last = merged.last
         if last is None:
@@ -287,7 +295,7 @@ class DecisionLog:
             self._slot, self._j, self._seq = last.slot, last.j + 1, last.seq + 1
             self._slot_bucket = last.slot_bucket
             self._written_clocks = (last.watermark, last.evict_below)
-        return int(np.count_nonzero(live))
+        return int(live.size)
 
 
 def _latest(keys: U8, rows: Rows) -> tuple[U8, Rows]:
@@ -297,4 +305,4 @@ def _latest(keys: U8, rows: Rows) -> tuple[U8, Rows]:
     last = np.ones(k.shape[0], dtype=np.bool_)
     if k.shape[0] > 1:
         last[:-1] = k[1:] != k[:-1]
-    return k[last], rows[order[last]]
+    return k[last], take_rows(rows, order[last])

@@ -38,7 +38,15 @@ from processor.join.rule import (
     plan_join,
 )
 from processor.policy.hashing import request_hashes
-from processor.state.joinlog import F_FOREIGN, F_SUCCESS, F_WON, MAX_COUNT, NO_TIME, ROW
+from processor.state.joinlog import (
+    F_FOREIGN,
+    F_SUCCESS,
+    F_WON,
+    MAX_COUNT,
+    NO_TIME,
+    ROW,
+    take_rows,
+)
 
 if TYPE_CHECKING:
     from processor.config import AttributionConfig
@@ -113,6 +121,19 @@ class RewardJoin:
     def __init__(self, config: AttributionConfig) -> None:
         self.config = config
         self.log = DecisionLog(config.window_ms + config.grace_ms, config.max_entries)
+        self.fast_path = True  # tests switch it off to check both paths give one result
+        self._campaign_hash: dict[str, int] = {}
+
+    def _campaigns(self, campaign_ids: Any) -> U4:
+        """:func:`campaign_hashes`, remembered per campaign (a partition has few campaigns)."""
+        ids = campaign_ids.tolist()
+        cache = self._campaign_hash
+        if len(cache) > 1_000_000:
+            cache.clear()
+        missing = [c for c in set(ids) if c not in cache]
+        if missing:
+            cache.update(zip(missing, campaign_hashes(missing).tolist(), strict=True))
+        return np.fromiter(map(cache.__getitem__, ids), dtype=np.uint32, count=len(ids))
 
     # ---- outcomes ---------------------------------------------------------------------------
     def process(self, outcomes: OutcomeBatch, policy: BidPolicy, state: BiddingState) -> JoinResult:
@@ -125,8 +146,8 @@ class RewardJoin:
         keys = request_keys(outcomes.request_id)
         batch = JoinInput(
             key=keys,
-            campaign=campaign_hashes(outcomes.campaign_id),
-            arm=policy.arm_indices(outcomes.arm, state),
+            campaign=self._campaigns(outcomes.campaign_id),
+            arm=_columns(outcomes.arm, state),
             t=np.asarray(outcomes.event_time, dtype=np.int64),
             contribution=contributions(policy, outcomes),
         )
@@ -147,11 +168,11 @@ class RewardJoin:
             sub,
             group,
             entries,
-            watermark=log.watermark,
+            late_before=log.late_before(cfg.grace_ms),
             window_ms=cfg.window_ms,
-            grace_ms=cfg.grace_ms,
             accept_unknown=cfg.unknown == "accept",
             apply_late=cfg.late == "apply",
+            distinct=uniq.shape[0] == len(sub) and self.fast_path,
         )
         self._write(plan, sub, outcomes.propensity[sel], uniq, run, pos, rows)
         if plan.t_max != NO_TIME:
@@ -203,7 +224,7 @@ class RewardJoin:
             return
         g = plan.changed
         src = plan.final_src
-        new = rows[g].copy()
+        new = take_rows(rows, g)
         created = plan.creator >= 0
         c = batch.contribution
         if created.any():
@@ -315,7 +336,7 @@ class RewardJoin:
         rows["t"] = t[k]
         rows["t_out"] = NO_TIME
         rows["arm"] = np.asarray(arm)[k]
-        rows["campaign"] = campaign_hashes(np.asarray(campaign_id, dtype=object)[k])
+        rows["campaign"] = self._campaigns(np.asarray(campaign_id, dtype=object)[k])
         rows["propensity"] = np.asarray(propensity)[k]
         log.put_new(uniq[new], rows, run[new], pos[new])
         return int(new.size)
@@ -328,6 +349,13 @@ class RewardJoin:
     def restore(self, chunks: list[bytes]) -> int:
         """Load the partition's log from its chunks; returns the live entries."""
         return self.log.restore(chunks)
+
+
+def _columns(arms: Any, state: BiddingState) -> I64:
+    """Thompson column per arm name (−1 unknown), by dictionary: cheaper than a string sort."""
+    col = {a: i for i, a in enumerate(state.thompson.arm_names)}
+    names = arms.tolist()
+    return np.fromiter((col.get(a, -1) for a in names), dtype=np.int64, count=len(names))
 
 
 def _take_input(batch: JoinInput, index: I64) -> JoinInput:

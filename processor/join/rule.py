@@ -12,7 +12,8 @@ log (``W`` is the watermark at the start of the batch, ``D`` the window, ``G`` t
 * entry found with outcome o: event time ≥ o's and the same contribution → ``DUPLICATE`` (o is
   replaced, the posterior is not touched); ≥ o's and another contribution → ``RESTATED``:
   retract o's contribution, apply the new one; older than o → ``DUPLICATE`` (stale);
-* no entry and event time < W − G → ``LATE`` (``late: apply`` applies it without a join);
+* no entry and event time < W − G (or below the eviction bound: its decision may have been
+  evicted) → ``LATE`` (``late: apply`` applies it without a join);
 * no entry otherwise → ``UNKNOWN``: an entry is created from the outcome (its arm, propensity,
   event time) and the outcome applied; with ``unknown: dead_letter`` → ``UNKNOWN_REJECTED``.
 
@@ -168,11 +169,11 @@ def plan_join(
     group: I64,
     entries: Entries,
     *,
-    watermark: int,
+    late_before: int,
     window_ms: int,
-    grace_ms: int,
     accept_unknown: bool,
     apply_late: bool,
+    distinct: bool = False,
 ) -> JoinPlan:
     """Classify a batch of outcomes and list the posterior changes (module docstring).
 
@@ -180,21 +181,26 @@ def plan_join(
         batch: The outcomes, in arrival order.
         group: Request (group) of each outcome, 0 .. m−1.
         entries: The live log entry of each group (``found`` false: none).
-        watermark: W at the start of the batch (NO_TIME: no outcome seen yet).
+        late_before: An outcome without an entry is late when its event time is below this:
+            max(W − G, the eviction bound), W the watermark at the start of the batch (NO_TIME:
+            never late).
         window_ms: Attribution window D.
-        grace_ms: Grace G.
         accept_unknown: ``attribution.unknown == "accept"``.
         apply_late: ``attribution.late == "apply"``.
+        distinct: Every outcome is of another request (one per group): the sequences are at
+            most "stored, new", and a shorter path gives the same plan.
     """
     n = len(batch)
     idx = np.arange(n, dtype=np.int64)
     t = batch.t
     has = entries.found[group]
     # requests without an entry: the first outcome that is not late creates one (accept mode)
-    late_grace = ~has & (watermark != NO_TIME) & (t < watermark - grace_ms)
+    late_grace = ~has & (t < late_before)
     creator_of = np.full(entries.found.shape[0], n, dtype=np.int64)
     cand = np.flatnonzero(~has & ~late_grace) if accept_unknown else np.zeros(0, dtype=np.int64)
-    if cand.size:
+    if cand.size and distinct:
+        creator_of[group[cand]] = cand
+    elif cand.size:
         with_cand, first_cand = np.unique(group[cand], return_index=True)
         creator_of[with_cand] = cand[first_cand]
     creator = creator_of[group]
@@ -215,6 +221,10 @@ def plan_join(
     joinable = in_log & ~mismatch & (~late_window | apply_late)
     raw_late = ~in_log & late_grace & apply_late
 
+    if distinct:
+        return _plan_distinct(
+            batch, group, entries, status, created, creator_of, joinable, raw_late, late_window
+        )
     # the sequences: each group's stored outcome (if any) first, then its joinable outcomes
     base_g = np.flatnonzero(entries.found & (entries.t_out != NO_TIME))
     jk = np.flatnonzero(joinable)
@@ -265,6 +275,23 @@ def plan_join(
         moved = final < n
         changed, final_src = groups[moved], final[moved]
         creators = np.where(entries.found[changed], -1, creator_of[changed])
+    return _finish(
+        t, status, raw_late, ev_outcome, ev_src, ev_retract, changed, final_src, creators
+    )
+
+
+def _finish(
+    t: I64,
+    status: npt.NDArray[np.int8],
+    raw_late: B,
+    ev_outcome: list[I64],
+    ev_src: list[I64],
+    ev_retract: list[B],
+    changed: I64,
+    final_src: I64,
+    creators: I64,
+) -> JoinPlan:
+    """Add the late outcomes applied without a join and order the events."""
     raw = np.flatnonzero(raw_late)
     ev_outcome.append(raw)
     ev_src.append(raw)
@@ -284,4 +311,49 @@ def plan_join(
         final_src=final_src,
         creator=creators,
         t_max=t_max,
+    )
+
+
+def _plan_distinct(
+    batch: JoinInput,
+    group: I64,
+    entries: Entries,
+    status: npt.NDArray[np.int8],
+    created: B,
+    creator_of: I64,
+    joinable: B,
+    raw_late: B,
+    late_window: B,
+) -> JoinPlan:
+    """:func:`plan_join` when no two outcomes share a request: each sequence is at most the
+    stored outcome, then the new one."""
+    n = len(batch)
+    t = batch.t
+    k = np.flatnonzero(joinable)
+    g = group[k]
+    has_base = entries.found[g] & (entries.t_out[g] != NO_TIME)
+    record = ~has_base | (t[k] >= entries.t_out[g])
+    table = Contribution.concat([batch.contribution, entries.contribution])
+    same = has_base & table.equal(k, n + g)
+    kind = np.where(
+        ~has_base,
+        np.where(created[k], UNKNOWN, JOINED),
+        np.where(record & ~same, RESTATED, DUPLICATE),
+    )
+    status[k] = np.where(late_window[k], LATE, kind).astype(np.int8)
+    applies = ~has_base | (record & ~same)
+    restated = has_base & record & ~same
+    moved = record  # the new outcome is the group's final record
+    changed = g[moved]
+    creators = np.where(entries.found[changed], -1, creator_of[changed])
+    return _finish(
+        t,
+        status,
+        raw_late,
+        [k[restated], k[applies]],
+        [n + g[restated], k[applies]],
+        [np.ones(int(restated.sum()), bool), np.zeros(int(applies.sum()), bool)],
+        changed,
+        k[moved],
+        creators,
     )

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from processor.state.joinlog import ROW
+from processor.state.joinlog import RAW, ROW, take_rows
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +77,20 @@ class EntryTable:
     def gather(self, run: I64, pos: I64) -> Rows:
         """Rows at ``(run, pos)`` (zeros where ``run`` is −1)."""
         out = np.zeros(run.shape[0], dtype=ROW)
+        raw = out.view(RAW)
         for i, rows in enumerate(self.rows):
-            sel = run == i
-            if sel.any():
-                out[sel] = rows[pos[sel]]
+            sel = np.flatnonzero(run == i)
+            if sel.size:
+                raw[sel] = rows.view(RAW)[pos[sel]]
         return out
 
     def scatter(self, run: I64, pos: I64, rows: Rows) -> None:
         """Overwrite the rows at ``(run, pos)`` (every ``run`` ≥ 0)."""
+        src = rows.view(RAW)
         for i, table in enumerate(self.rows):
-            sel = run == i
-            if sel.any():
-                table[pos[sel]] = rows[sel]
+            sel = np.flatnonzero(run == i)
+            if sel.size:
+                table.view(RAW)[pos[sel]] = src[sel]
 
     def insert(self, keys: U8, rows: Rows, lower_bound: int) -> None:
         """Add new keys (unique, in no run) with their rows; runs that overflow are merged."""
@@ -97,10 +99,10 @@ class EntryTable:
         if not self.keys:
             self.load(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=ROW))
         order = np.argsort(keys, kind="stable")
-        keys, rows = keys[order], rows[order]
+        keys, rows = keys[order], take_rows(rows, order)
         at = np.searchsorted(self.keys[0], keys)
         self.keys[0] = np.insert(self.keys[0], at, keys)
-        self.rows[0] = np.insert(self.rows[0], at, rows)
+        self.rows[0] = _insert_rows(self.rows[0], at, rows)
         level = 0
         while self.keys[level].shape[0] > RUN0 * GROWTH**level:
             self._merge_down(level, lower_bound)
@@ -108,8 +110,8 @@ class EntryTable:
 
     def _merge_down(self, level: int, lower_bound: int) -> None:
         """Merge run ``level`` (its dead rows dropped) into the next run, which may be new."""
-        live = self.rows[level]["t"] >= lower_bound
-        keys, rows = self.keys[level][live], self.rows[level][live]
+        live = np.flatnonzero(self.rows[level]["t"] >= lower_bound)
+        keys, rows = self.keys[level][live], take_rows(self.rows[level], live)
         self.keys[level] = np.zeros(0, dtype=np.uint64)
         self.rows[level] = np.zeros(0, dtype=ROW)
         if level + 1 == len(self.keys):
@@ -118,7 +120,7 @@ class EntryTable:
             return
         at = np.searchsorted(self.keys[level + 1], keys)
         self.keys[level + 1] = np.insert(self.keys[level + 1], at, keys)
-        self.rows[level + 1] = np.insert(self.rows[level + 1], at, rows)
+        self.rows[level + 1] = _insert_rows(self.rows[level + 1], at, rows)
 
     def purge(self, lower_bound: int) -> int:
         """Drop every row whose entry time is below ``lower_bound``; returns how many."""
@@ -127,8 +129,9 @@ class EntryTable:
             live = rows["t"] >= lower_bound
             if not live.all():
                 dropped += int(live.size - np.count_nonzero(live))
-                self.keys[i] = self.keys[i][live]
-                self.rows[i] = rows[live]
+                keep = np.flatnonzero(live)
+                self.keys[i] = self.keys[i][keep]
+                self.rows[i] = take_rows(rows, keep)
         return dropped
 
     def times(self) -> I64:
@@ -142,13 +145,13 @@ class EntryTable:
         keys: list[U8] = []
         rows: list[Rows] = []
         for k, r in zip(self.keys, self.rows, strict=True):
-            m = mask_of(r)
-            if m.any():
+            m = np.flatnonzero(mask_of(r))
+            if m.size:
                 keys.append(k[m])
-                rows.append(r[m])
+                rows.append(take_rows(r, m))
         if not keys:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=ROW)
-        return np.concatenate(keys), np.concatenate(rows)
+        return np.concatenate(keys), np.concatenate([r.view(RAW) for r in rows]).view(ROW)
 
     def set_slot(self, run: I64, pos: I64, slot: int) -> None:
         """Set the ``slot`` field of the rows at ``(run, pos)``."""
@@ -156,3 +159,8 @@ class EntryTable:
             sel = run == i
             if sel.any():
                 table["slot"][pos[sel]] = slot
+
+
+def _insert_rows(rows: Rows, at: I64, new: Rows) -> Rows:
+    """``np.insert`` of rows, on their raw-bytes view (see :data:`RAW`)."""
+    return np.insert(rows.view(RAW), at, new.view(RAW)).view(ROW)

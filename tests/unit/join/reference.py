@@ -81,12 +81,13 @@ class ReferenceJoin:
         """Statuses and the posterior changes ``(apply | retract, outcome index, contribution)``."""
         self.settle()
         w0 = self.watermark
+        late_before = max(NO_TIME if w0 == NO_TIME else w0 - self.grace, self.evict_below)
         statuses: list[str] = []
         events: list[tuple[str, int, tuple]] = []
         for k, o in enumerate(outcomes):
             e = self.log.get(o.request)
             if e is None:
-                if w0 != NO_TIME and o.t < w0 - self.grace:
+                if o.t < late_before:
                     statuses.append("late")
                     if self.apply_late:
                         events.append(("apply", k, o.contribution))

@@ -147,7 +147,13 @@ outcome_st = st.builds(
 decision_st = st.tuples(
     st.sampled_from(REQUESTS), st.sampled_from(["c1", "c1", "c2"]), st.just(0), st.integers(0, 60)
 )
-batch_st = st.tuples(st.lists(decision_st, max_size=5), st.lists(outcome_st, max_size=12))
+batch_st = st.tuples(
+    st.lists(decision_st, max_size=5),
+    st.one_of(
+        st.lists(outcome_st, max_size=12),
+        st.lists(outcome_st, max_size=8, unique_by=lambda o: o.request),  # distinct requests
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -175,21 +181,28 @@ def test_columnar_join_equals_reference(
         max_entries=max_entries,
     )
     join = RewardJoin(config)
+    general = RewardJoin(config)  # the same without the path for batches of distinct requests
+    general.fast_path = False
     ref = ReferenceJoin(window, grace, accept, apply_late, max_entries)
     for decisions, outs in batches:
         if outs:
             got = join.process(outcome_batch(outs), POLICY, STATE)
+            slow = general.process(outcome_batch(outs), POLICY, STATE)
             want_status, want_events = ref.process(outs)
             assert [STATUS_NAMES[s] for s in got.status.tolist()] == want_status
             assert events_of(got) == want_events
+            assert slow.status.tolist() == got.status.tolist()
+            assert events_of(slow) == want_events
             assert join.log.evicted == ref.evicted
         if decisions:
             join.log_decisions(decision_batch(decisions))
+            general.log_decisions(decision_batch(decisions))
             ref.decide(decisions)
         join.log.settle()
+        general.log.settle()
         ref.settle()
         assert join.log.watermark == ref.watermark
-        assert log_view(join) == reference_view(ref)
+        assert log_view(join) == reference_view(ref) == log_view(general)
         assert len(join.log) == len(ref.log)
 
 
