@@ -313,7 +313,8 @@ class PartitionEngine:
             self._dead(out, source, idx[int(kept[j])], error_class, reason)
         _count(joined.counts)
         out.join.update(joined.counts)
-        out.outcomes_applied.extend(int(idx[int(kept[j])]) for j in joined.applied.tolist())
+        positions = np.asarray(idx, dtype=np.int64)[kept]
+        out.outcomes_applied.extend(positions[joined.applied].tolist())
         events = joined.events
         if events is None:
             return

@@ -128,12 +128,14 @@ class RewardJoin:
         """:func:`campaign_hashes`, remembered per campaign (a partition has few campaigns)."""
         ids = campaign_ids.tolist()
         cache = self._campaign_hash
-        if len(cache) > 1_000_000:
-            cache.clear()
-        missing = [c for c in set(ids) if c not in cache]
-        if missing:
+        try:
+            return np.array(list(map(cache.__getitem__, ids)), dtype=np.uint32)
+        except KeyError:
+            if len(cache) > 1_000_000:
+                cache.clear()
+            missing = [c for c in set(ids) if c not in cache]
             cache.update(zip(missing, campaign_hashes(missing).tolist(), strict=True))
-        return np.fromiter(map(cache.__getitem__, ids), dtype=np.uint32, count=len(ids))
+            return np.array(list(map(cache.__getitem__, ids)), dtype=np.uint32)
 
     # ---- outcomes ---------------------------------------------------------------------------
     def process(self, outcomes: OutcomeBatch, policy: BidPolicy, state: BiddingState) -> JoinResult:
@@ -265,11 +267,18 @@ class RewardJoin:
         if not plan.ev_outcome.size:
             return None, np.zeros(0)
         src = plan.ev_src
-        table = Contribution.concat([batch.contribution, entries.contribution])
-        c = table.take(src)
-        times = np.concatenate([batch.t, entries.t_out])[src]
         k = plan.ev_outcome
-        base = outcomes.take(sel[k])
+        n = len(batch)
+        if k.shape[0] == n == len(outcomes) and not plan.ev_retract.any() and (k == src).all():
+            if (k == np.arange(n)).all():  # the usual batch: every outcome applied once, in order
+                c, times, base = batch.contribution, batch.t, outcomes
+            else:
+                c, times, base = batch.contribution.take(k), batch.t[k], outcomes.take(k)
+        else:
+            table = Contribution.concat([batch.contribution, entries.contribution])
+            c = table.take(src)
+            times = np.concatenate([batch.t, entries.t_out])[src]
+            base = outcomes.take(sel[k])
         g = group[k]
         logged = np.where(found[g], rows["propensity"][g].astype(np.float64), base.propensity)
         events = dataclasses.replace(
@@ -355,7 +364,10 @@ def _columns(arms: Any, state: BiddingState) -> I64:
     """Thompson column per arm name (−1 unknown), by dictionary: cheaper than a string sort."""
     col = {a: i for i, a in enumerate(state.thompson.arm_names)}
     names = arms.tolist()
-    return np.fromiter((col.get(a, -1) for a in names), dtype=np.int64, count=len(names))
+    try:  # validated outcomes name known arms
+        return np.array(list(map(col.__getitem__, names)), dtype=np.int64)
+    except KeyError:
+        return np.array([col.get(a, -1) for a in names], dtype=np.int64)
 
 
 def _take_input(batch: JoinInput, index: I64) -> JoinInput:
