@@ -226,31 +226,39 @@ class RewardJoin:
             return
         g = plan.changed
         src = plan.final_src
-        new = take_rows(rows, g)
         created = plan.creator >= 0
         c = batch.contribution
+        if created.all():  # only new entries (the usual batch of first outcomes)
+            new = np.zeros(g.shape[0], dtype=ROW)
+            flags = np.full(g.shape[0], F_FOREIGN, dtype=np.uint8)
+        else:
+            new = take_rows(rows, g)
+            flags = np.asarray(new["flags"] & F_FOREIGN, dtype=np.uint8)
+            flags[created] = F_FOREIGN
         if created.any():
             k = plan.creator[created]
-            fresh = np.zeros(int(created.sum()), dtype=ROW)
-            fresh["t"] = batch.t[k]
-            fresh["arm"] = batch.arm[k]
-            fresh["campaign"] = batch.campaign[k]
-            fresh["propensity"] = propensity[k]
-            fresh["flags"] = F_FOREIGN
-            new[created] = fresh
+            at = np.flatnonzero(created)
+            new["t"][at] = batch.t[k]
+            new["arm"][at] = batch.arm[k]
+            new["campaign"][at] = batch.campaign[k]
+            new["propensity"][at] = propensity[k]
+            new["slot"][at] = 0
         new["t_out"] = batch.t[src]
         new["reward"] = c.reward[src]
         new["spend"] = c.spend[src]
         new["revenue"] = c.revenue[src]
         new["clicks"] = c.clicks[src]
         new["conversions"] = c.conversions[src]
-        flags = new["flags"] & F_FOREIGN
         flags |= np.where(c.success[src], F_SUCCESS, 0).astype(np.uint8)
         flags |= np.where(c.won[src], F_WON, 0).astype(np.uint8)
         new["flags"] = flags
-        keep = ~created
-        self.log.update(uniq[g[keep]], run[g[keep]], pos[g[keep]], new[keep])
-        self.log.put_new(uniq[g[created]], new[created], run[g[created]], pos[g[created]])
+        old = np.flatnonzero(~created)
+        if old.size:
+            self.log.update(uniq[g[old]], run[g[old]], pos[g[old]], take_rows(new, old))
+        fresh = np.flatnonzero(created)
+        if fresh.size:
+            gf = g[fresh]
+            self.log.put_new(uniq[gf], take_rows(new, fresh), run[gf], pos[gf])
 
     @staticmethod
     def _events(

@@ -3,8 +3,8 @@
 A Python dict costs ~100 bytes per entry before its values; here an entry is one fixed-width row
 (:data:`processor.state.joinlog.ROW`, 60 bytes) plus its 8-byte key, and a batch of lookups or
 inserts is a few numpy calls. The runs form a small log-structured merge tree: new keys go into
-run 0 (at most 4,096 keys, kept sorted by ``np.insert``); a run that outgrows its capacity
-(4,096 · 16^i) is merged into the next one, so an insert costs O(log n) amortized copies and a
+run 0 (at most 16,384 keys, kept sorted by ``np.insert``); a run that outgrows its capacity
+(16,384 · 8^i) is merged into the next one, so an insert costs O(log n) amortized copies and a
 lookup is one ``searchsorted`` per run (four for ten million entries). A key lives in exactly one
 run; rows are updated in place.
 
@@ -30,8 +30,8 @@ I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
 Rows = npt.NDArray[Any]
 
-RUN0 = 4096
-GROWTH = 16
+RUN0 = 16_384
+GROWTH = 8
 
 
 class EntryTable:

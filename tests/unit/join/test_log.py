@@ -11,6 +11,7 @@ from processor.config import AttributionConfig
 from processor.errors import StateError
 from processor.join import RewardJoin
 from processor.join import log as log_module
+from processor.join import table as table_module
 from processor.join.log import DecisionLog
 from processor.join.table import EntryTable
 from processor.state.joinlog import CHUNK_ENTRIES, ENTRY, NO_TIME, ROW, SLOTS, merge_chunks
@@ -33,7 +34,8 @@ def rows_at(times: list[int]) -> np.ndarray:
     return rows
 
 
-def test_table_matches_a_dict_through_merges_and_purges() -> None:
+def test_table_matches_a_dict_through_merges_and_purges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table_module, "RUN0", 512)  # small runs: several merge levels
     rng = np.random.default_rng(1)
     table = EntryTable()
     want: dict[int, int] = {}
