@@ -318,7 +318,8 @@ class PartitionEngine:
         events = joined.events
         if events is None:
             return
-        self.policy.observe(events, self.campaigns, weight=joined.weights)
+        retracts = bool((joined.weights < 0).any())  # without, the default (cheaper) path
+        self.policy.observe(events, self.campaigns, weight=joined.weights if retracts else None)
         self.dirty_campaigns.update(np.unique(events.campaign_id).tolist())
         out.rewards_applied += len(joined.applied)
 

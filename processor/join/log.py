@@ -161,19 +161,19 @@ class DecisionLog:
         order = np.argsort(keys, kind="stable")
         return keys[order], take_rows(rows, order)
 
-    def lookup(self, keys: U8) -> tuple[B, I64, I64, Rows]:
-        """Live entries of ``keys``: ``(found, run, pos, rows)``; a dead row is ``run`` ≥ 0
+    def lookup(self, keys: U8) -> tuple[B, I64, Rows]:
+        """Live entries of ``keys``: ``(found, row id, rows)``; a dead row has a row id ≥ 0
         with ``found`` false (an insert of that key reuses it)."""
-        run, pos = self.table.find(keys)
-        rows = self.table.gather(run, pos)
-        found = (run >= 0) & (rows["t"] >= self.lower_bound)
-        return found, run, pos, rows
+        rid = self.table.find(keys)
+        rows = self.table.gather(rid)
+        found = (rid >= 0) & (rows["t"] >= self.lower_bound)
+        return found, rid, rows
 
-    def update(self, keys: U8, run: I64, pos: I64, rows: Rows) -> None:
+    def update(self, keys: U8, rid: I64, rows: Rows) -> None:
         """Overwrite existing rows (live, or dead ones being reused) and mark them changed."""
         if not keys.shape[0]:
             return
-        self.table.scatter(run, pos, rows)
+        self.table.scatter(rid, rows)
         self._mark(keys, rows)
 
     def insert(self, keys: U8, rows: Rows) -> None:
@@ -183,13 +183,13 @@ class DecisionLog:
         self.table.insert(keys, rows, self.lower_bound)
         self._mark(keys, rows)
 
-    def put_new(self, keys: U8, rows: Rows, run: I64, pos: I64) -> None:
+    def put_new(self, keys: U8, rows: Rows, rid: I64) -> None:
         """New entries: reuse the dead row of the same key where there is one, else insert."""
-        reuse = np.flatnonzero(run >= 0)
+        reuse = np.flatnonzero(rid >= 0)
         if reuse.size:
-            self.update(keys[reuse], run[reuse], pos[reuse], take_rows(rows, reuse))
+            self.update(keys[reuse], rid[reuse], take_rows(rows, reuse))
         if reuse.size < keys.shape[0]:
-            fresh = np.flatnonzero(run < 0)
+            fresh = np.flatnonzero(rid < 0)
             self.insert(keys[fresh], take_rows(rows, fresh))
 
     def _mark(self, keys: U8, rows: Rows) -> None:
@@ -221,8 +221,7 @@ class DecisionLog:
             self._slot_bucket = bucket
         elif bucket > self._slot_bucket or self._j >= CHUNKS_PER_SLOT:
             keys, rows = self._take_over(keys, rows, bucket)
-        run, pos = self.table.find(keys)
-        self.table.set_slot(run, pos, self._slot)
+        self.table.set_slot(self.table.find(keys), self._slot)
         rows["slot"] = self._slot
         entries = to_entries(keys, rows)
         out = []

@@ -157,7 +157,7 @@ class RewardJoin:
         sub = _take_input(batch, sel) if over.any() else batch
         uniq, group = np.unique(sub.key, return_inverse=True)
         group = group.astype(np.int64).reshape(-1)
-        found, run, pos, rows = log.lookup(uniq)
+        found, rid, rows = log.lookup(uniq)
         entries = Entries(
             found=found,
             t=rows["t"],
@@ -176,7 +176,7 @@ class RewardJoin:
             apply_late=cfg.late == "apply",
             distinct=uniq.shape[0] == len(sub) and self.fast_path,
         )
-        self._write(plan, sub, outcomes.propensity[sel], uniq, run, pos, rows)
+        self._write(plan, sub, outcomes.propensity[sel], uniq, rid, rows)
         if plan.t_max != NO_TIME:
             log.observe_time(plan.t_max)
         status = np.full(n, INVALID, dtype=np.int8)
@@ -203,10 +203,8 @@ class RewardJoin:
             rejected.append((int(sel[j]), "unknown_request", why))
         rejected.sort()
         events, weights = self._events(plan, outcomes, sel, sub, entries, rows, found, group)
-        counts = dict.fromkeys(STATUS_NAMES, 0)
-        codes, freq = np.unique(plan.status, return_counts=True)
-        for code, c in zip(codes.tolist(), freq.tolist(), strict=True):
-            counts[STATUS_NAMES[code]] = c
+        freq = np.bincount(plan.status.astype(np.int64), minlength=len(STATUS_NAMES))
+        counts = dict(zip(STATUS_NAMES, freq.tolist(), strict=True))
         counts["evicted"] = evicted
         applied = sel[plan.ev_outcome[~plan.ev_retract]]
         return JoinResult(status, rejected, events, weights, applied, sel[plan.ev_outcome], counts)
@@ -217,11 +215,10 @@ class RewardJoin:
         batch: JoinInput,
         propensity: F64,
         uniq: U8,
-        run: I64,
-        pos: I64,
+        rid: I64,
         rows: npt.NDArray[Any],
     ) -> None:
-        """Store each changed group's new entry (updates first: inserts move rows)."""
+        """Store each changed group's new entry."""
         if not plan.changed.size:
             return
         g = plan.changed
@@ -254,11 +251,11 @@ class RewardJoin:
         new["flags"] = flags
         old = np.flatnonzero(~created)
         if old.size:
-            self.log.update(uniq[g[old]], run[g[old]], pos[g[old]], take_rows(new, old))
+            self.log.update(uniq[g[old]], rid[g[old]], take_rows(new, old))
         fresh = np.flatnonzero(created)
         if fresh.size:
             gf = g[fresh]
-            self.log.put_new(uniq[gf], take_rows(new, fresh), run[gf], pos[gf])
+            self.log.put_new(uniq[gf], take_rows(new, fresh), rid[gf])
 
     @staticmethod
     def _events(
@@ -344,7 +341,7 @@ class RewardJoin:
         _, first = np.unique(keys[alive], return_index=True)
         first = alive[first]
         uniq = keys[first]
-        found, run, pos, _ = log.lookup(uniq)
+        found, rid, _ = log.lookup(uniq)
         new = np.flatnonzero(~found)
         if not new.size:
             return 0
@@ -355,7 +352,7 @@ class RewardJoin:
         rows["arm"] = np.asarray(arm)[k]
         rows["campaign"] = self._campaigns(np.asarray(campaign_id, dtype=object)[k])
         rows["propensity"] = np.asarray(propensity)[k]
-        log.put_new(uniq[new], rows, run[new], pos[new])
+        log.put_new(uniq[new], rows, rid[new])
         return int(new.size)
 
     # ---- state ------------------------------------------------------------------------------

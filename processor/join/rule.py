@@ -299,14 +299,16 @@ def _finish(
     eo = np.concatenate(ev_outcome)
     er = np.concatenate(ev_retract)
     es = np.concatenate(ev_src)
-    ev_order = np.argsort(eo * 2 + (~er), kind="stable")  # per outcome: retract, then apply
+    if er.any() or raw.size or (eo.size > 1 and not bool((eo[1:] > eo[:-1]).all())):
+        ev_order = np.argsort(eo * 2 + (~er), kind="stable")  # per outcome: retract, then apply
+        eo, er, es = eo[ev_order], er[ev_order], es[ev_order]
     kept = (status != ARM_MISMATCH) & (status != UNKNOWN_REJECTED)
     t_max = int(t[kept].max()) if kept.any() else NO_TIME
     return JoinPlan(
         status=status,
-        ev_outcome=eo[ev_order],
-        ev_retract=er[ev_order],
-        ev_src=es[ev_order],
+        ev_outcome=eo,
+        ev_retract=er,
+        ev_src=es,
         changed=changed,
         final_src=final_src,
         creator=creators,
@@ -333,8 +335,11 @@ def _plan_distinct(
     g = group[k]
     has_base = entries.found[g] & (entries.t_out[g] != NO_TIME)
     record = ~has_base | (t[k] >= entries.t_out[g])
-    table = Contribution.concat([batch.contribution, entries.contribution])
-    same = has_base & table.equal(k, n + g)
+    if has_base.any():
+        table = Contribution.concat([batch.contribution, entries.contribution])
+        same = has_base & table.equal(k, n + g)
+    else:  # first outcomes only: nothing to compare with
+        same = has_base
     kind = np.where(
         ~has_base,
         np.where(created[k], UNKNOWN, JOINED),

@@ -53,8 +53,8 @@ def log_of(n: int, seed: int = 1, batch: int = 100_000) -> tuple[DecisionLog, fl
         rows["t"] = 1_700_000_000_000 + (first + np.arange(keys.size)) * (1000 // 1)
         rows["t_out"] = NO_TIME
         rows["propensity"] = 0.25
-        found, run, pos, _ = log.lookup(keys)
-        log.put_new(keys[~found], rows[~found], run[~found], pos[~found])
+        found, rid, _ = log.lookup(keys)
+        log.put_new(keys[~found], rows[~found], rid[~found])
         log._dirty_keys.clear()  # the changelog side is measured by the restore benchmark
         log._dirty_rows.clear()
     return log, time.perf_counter() - started

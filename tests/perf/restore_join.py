@@ -53,18 +53,18 @@ def write_log(producer: Producer, topic: str, hours: float, partition: int = 0) 
         rows["t"] = t + np.arange(per)
         rows["t_out"] = NO_TIME
         rows["propensity"] = 0.25
-        found, run, pos, _ = log.lookup(keys)
-        log.put_new(keys[~found], rows[~found], run[~found], pos[~found])
+        found, rid, _ = log.lookup(keys)
+        log.put_new(keys[~found], rows[~found], rid[~found])
         if c >= 20:  # outcomes for decisions of about two seconds ago
             old = np.unique(keys_made[(c - 20) * per : (c - 19) * per])
-            found, run, pos, got = log.lookup(old)
+            found, rid, got = log.lookup(old)
             got = got[found]
             got["t_out"] = t
             got["reward"] = 1.0
             got["spend"] = 0.4
             got["revenue"] = 1.4
             got["flags"] = 1
-            log.update(old[found], run[found], pos[found], got)
+            log.update(old[found], rid[found], got)
             log.observe_time(t)
         items = [("join", key, blob) for key, blob in log.take_chunks()]
         for key, value in encode_state_records(serde, items):

@@ -41,8 +41,8 @@ def test_table_matches_a_dict_through_merges_and_purges(monkeypatch: pytest.Monk
     want: dict[int, int] = {}
     for step in range(40):
         keys = np.unique(rng.integers(0, 2**63, 2_500, dtype=np.uint64))
-        run, _ = table.find(keys)
-        fresh = keys[run < 0]
+        rid = table.find(keys)
+        fresh = keys[rid < 0]
         table.insert(fresh, rows_at([step] * fresh.size), lower_bound=NO_TIME)
         want.update(dict.fromkeys(fresh.tolist(), step))
         if step % 9 == 8:
@@ -51,12 +51,13 @@ def test_table_matches_a_dict_through_merges_and_purges(monkeypatch: pytest.Monk
     assert len(table.keys) >= 3  # the runs cascaded
     assert len(table) == len(want)
     probe = np.array([*list(want)[:5000], 1, 2, 3], dtype=np.uint64)
-    run, pos = table.find(probe)
-    assert (run[:-3] >= 0).all() and (run[-3:] < 0).all()
-    got = table.gather(run[:-3], pos[:-3])["t"].tolist()
+    rid = table.find(probe)
+    assert (rid[:-3] >= 0).all() and (rid[-3:] < 0).all()
+    got = table.gather(rid[:-3])["t"].tolist()
     assert got == [want[k] for k in probe[:-3].tolist()]
     for keys in table.keys:
         assert np.all(keys[1:] > keys[:-1])
+    assert table.used == len(want)  # the purges compacted the store
 
 
 def test_expiry_follows_the_outcome_watermark() -> None:
