@@ -68,9 +68,10 @@ class EntryTable:
         return self.store[: self.used]
 
     def load(self, keys: U8, rows: Rows) -> None:
-        """Replace the content with ``keys`` (sorted, unique) and their ``rows``."""
+        """Replace the content with ``keys`` (sorted, unique) and their ``rows`` (the table
+        takes ``rows`` over: a restore does not copy a partition's rows once more)."""
         n = keys.shape[0]
-        self.store = np.ascontiguousarray(rows).copy()
+        self.store = np.ascontiguousarray(rows)
         self.used = n
         self.keys = [np.zeros(0, dtype=np.uint64)]
         self.ids = [np.zeros(0, dtype=np.int32)]
