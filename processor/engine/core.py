@@ -15,6 +15,7 @@ import numpy.typing as npt
 from processor import metrics_families as families
 from processor.config import AppConfig
 from processor.engine import outputs
+from processor.engine.attribution import join_outcomes, split_join_records, take_join_records
 from processor.engine.controls import apply_control
 from processor.engine.ensembles import EnsembleTable
 from processor.engine.outputs import DeadLetter, EngineOutputs, SourceBatch
@@ -303,25 +304,12 @@ class PartitionEngine:
             return
         kept = np.flatnonzero(~bad)
         good = batch.take(kept) if bad.any() else batch
-        if self.join is None:
-            self.policy.observe(good, self.campaigns)
-            self.dirty_campaigns.update(np.unique(good.campaign_id).tolist())
-            out.rewards_applied += len(good)
+        if self.join is not None:
+            join_outcomes(self, good, np.asarray(idx, dtype=np.int64)[kept], source, out)
             return
-        joined = self.join.process(good, self.policy, self.campaigns)
-        for j, error_class, reason in joined.rejected:
-            self._dead(out, source, idx[int(kept[j])], error_class, reason)
-        _count(joined.counts)
-        out.join.update(joined.counts)
-        positions = np.asarray(idx, dtype=np.int64)[kept]
-        out.outcomes_applied.extend(positions[joined.applied].tolist())
-        events = joined.events
-        if events is None:
-            return
-        retracts = bool((joined.weights < 0).any())  # without, the default (cheaper) path
-        self.policy.observe(events, self.campaigns, weight=joined.weights if retracts else None)
-        self.dirty_campaigns.update(np.unique(events.campaign_id).tolist())
-        out.rewards_applied += len(joined.applied)
+        self.policy.observe(good, self.campaigns)
+        self.dirty_campaigns.update(np.unique(good.campaign_id).tolist())
+        out.rewards_applied += len(good)
 
     def _logged_decisions(self, source: SourceBatch) -> None:
         """Replay: log the decisions of the bid-decisions topic (undecodable ones are skipped)."""
@@ -368,12 +356,7 @@ class PartitionEngine:
         )
         self.dirty_campaigns.clear()
         self.dirty_ensembles.clear()
-        if self.join is not None:
-            items.extend(("join", key, chunk) for key, chunk in self.join.take_chunks())
-            evicted = self.join.log.evicted
-            if evicted:
-                families.DECISION_LOG_EVICTIONS.inc(evicted)
-                self.join.log.evicted = 0
+        items.extend(take_join_records(self))
         return items
 
     def _campaign_states(self, keys: list[str]) -> list[tuple[str, str, StoredState]]:
@@ -419,17 +402,7 @@ class PartitionEngine:
         decision log's chunks) are restored together.
         """
         if "join" in set(map(itemgetter(0), states)):
-            chunks: list[bytes] = []
-            rest: dict[tuple[str, str], StoredState] = {}
-            for ident, value in states.items():
-                if ident[0] != "join":
-                    rest[ident] = value
-                elif isinstance(value, bytes):
-                    chunks.append(value)
-                else:
-                    msg = f"join record {ident[1]!r} is not packed"
-                    raise StateError(msg)
-            states = rest
+            chunks, states = split_join_records(states)
             if self.join is not None:
                 self.join.restore(chunks)
         values = list(states.values())
@@ -464,18 +437,3 @@ class PartitionEngine:
     def key_count(self) -> tuple[int, int]:
         """Number of (campaign, ensemble) keys held."""
         return self.campaigns.thompson.n_keys, self.ensembles.bandit.n_keys
-
-
-def _count(counts: Mapping[str, int]) -> None:
-    """Add one batch's join classification to the Prometheus counters."""
-    for name, family in (
-        ("joined", families.JOINED_OUTCOMES),
-        ("duplicate", families.DUPLICATE_OUTCOMES),
-        ("restated", families.RESTATED_OUTCOMES),
-        ("late", families.LATE_OUTCOMES),
-    ):
-        if counts.get(name):
-            family.inc(counts[name])
-    unknown = counts.get("unknown", 0) + counts.get("unknown_rejected", 0)
-    if unknown:
-        families.UNKNOWN_OUTCOMES.inc(unknown)
