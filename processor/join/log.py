@@ -85,7 +85,7 @@ class DecisionLog:
         self._j = 0
         self._seq = 0
         self._slot_bucket: int | None = None
-        self._written_clocks: tuple[int, int] | None = None
+        self._written_clocks = (NO_TIME, NO_TIME)  # an empty, unchanged log writes nothing
         self._bucket_ms = max(1, self.retention_ms // (SLOTS - 2))
 
     # ---- clocks -----------------------------------------------------------------------------
@@ -289,7 +289,7 @@ class DecisionLog:
         last = merged.last
         if last is None:
             self._slot, self._j, self._seq, self._slot_bucket = 0, 0, 0, None
-            self._written_clocks = None
+            self._written_clocks = (NO_TIME, NO_TIME)
         else:
             self._slot, self._j, self._seq = last.slot, last.j + 1, last.seq + 1
             self._slot_bucket = last.slot_bucket

@@ -199,6 +199,14 @@ def test_a_large_commit_is_split_into_chunks() -> None:
     assert join.take_chunks() == []  # nothing changed since
 
 
+def test_an_idle_log_writes_nothing() -> None:
+    join = RewardJoin(AttributionConfig())
+    assert join.take_chunks() == []
+    join.log.observe_time(5)  # the watermark moved: its clock must reach the changelog
+    assert len(join.take_chunks()) == 1
+    assert join.take_chunks() == []
+
+
 def test_corrupt_chunks_are_refused() -> None:
     join = RewardJoin(AttributionConfig())
     join.log_decisions(decision_batch([("x", "c", 1, 5)]))
