@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KAFKA := deploy/local-kafka/kafka.sh
 
 .DEFAULT_GOAL := help
-.PHONY: demo bench help install lint format test test-unit test-integration bench-bandits bench-policy bench-ensemble kafka-up kafka-down kafka-status clean
+.PHONY: demo bench help install lint format test test-unit test-integration bench-bandits bench-policy bench-ensemble bench-join kafka-up kafka-down kafka-status clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ test-integration: $(STAMP) ## integration tests only (starts a real Kafka broker
 
 bench-bandits: $(STAMP) ## per-event object API vs keyed batch API (updates/s, decisions/s)
 	$(BIN)/python -m tests.perf.bench_bandits
+
+bench-join: $(STAMP) ## reward join without Kafka: bytes per log entry, memory at 10M entries, join on vs off
+	$(BIN)/python -m tests.perf.bench_join
 
 bench-policy: $(STAMP) ## bidding policy on the simulated market: speed, profit per request, emergency share, pacing
 	$(BIN)/python -m tests.perf.bench_policy

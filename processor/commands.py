@@ -102,6 +102,14 @@ def key_state_view(engine: PartitionEngine, kind: str, key: str) -> dict[str, An
             "thompson": arms,
             "state": full,
         }
+    if kind == "join":  # one chunk of the reward join's decision log
+        log = engine.join.log if engine.join is not None else None
+        return {
+            "key": key,
+            "kind": kind,
+            "entries": len(log) if log is not None else 0,
+            "watermark": log.watermark if log is not None else None,
+        }
     return {
         "key": key,
         "kind": kind,
@@ -138,7 +146,9 @@ def cmd_state_show(config: AppConfig, key: str, *, as_json: bool) -> int:
         return 0
     for view in views:
         print(f"{view['kind']} {view['key']}")
-        if view["kind"] == "campaign":
+        if view["kind"] == "join":
+            print(f"  decision-log chunk: {view['entries']} entries, watermark {view['watermark']}")
+        elif view["kind"] == "campaign":
             print(f"  policy_version {view['policy_version']}")
             print(f"  {'arm':16s} {'alpha':>10s} {'beta':>10s} {'mean':>8s} {'P(best)':>8s}")
             for arm, s in view["thompson"].items():

@@ -217,6 +217,54 @@ class LimitsConfig:
             raise ConfigError(msg)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """The reward join (DESIGN §3b, README "Reward join"): each decision's reward counts once.
+
+    ``window_ms``: an outcome counts for its decision when its event time is at most this much
+    after the decision's. ``grace_ms``: how far an outcome may trail the partition's watermark
+    (the largest outcome event time seen) and still be joined; the log keeps a decision for
+    ``window_ms + grace_ms`` of event time. ``max_entries``: cap per input partition (oldest
+    evicted first; null: none). ``unknown``: outcomes of requests this stage never decided are
+    ``accept``-ed (and de-duplicated) or dead-lettered. ``late``: outcomes past the window are
+    dropped or applied, counted either way. ``enabled: false`` trusts every outcome as 0.2.0 did.
+    """
+
+    enabled: bool = True
+    window_ms: int = 3_600_000
+    grace_ms: int = 300_000
+    max_entries: int | None = 5_000_000
+    unknown: str = "accept"
+    late: str = "drop"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            msg = f"attribution.enabled must be true or false, got {self.enabled!r}"
+            raise ConfigError(msg)
+        if not _is_int(self.window_ms) or self.window_ms <= 0:
+            msg = f"attribution.window_ms must be a positive integer, got {self.window_ms!r}"
+            raise ConfigError(msg)
+        if not _is_int(self.grace_ms) or self.grace_ms < 0:
+            msg = f"attribution.grace_ms must be an integer >= 0, got {self.grace_ms!r}"
+            raise ConfigError(msg)
+        if self.max_entries is not None and (
+            not _is_int(self.max_entries) or self.max_entries <= 0
+        ):
+            got = self.max_entries
+            msg = f"attribution.max_entries must be a positive integer or null, got {got!r}"
+            raise ConfigError(msg)
+        if self.unknown not in ("accept", "dead_letter"):
+            msg = f"attribution.unknown must be 'accept' or 'dead_letter', got {self.unknown!r}"
+            raise ConfigError(msg)
+        if self.late not in ("drop", "apply"):
+            msg = f"attribution.late must be 'drop' or 'apply', got {self.late!r}"
+            raise ConfigError(msg)
+
+
 @dataclass(frozen=True)
 class AppConfig:
     """Everything one stage instance needs. See README "Configuration" for each setting."""
@@ -242,6 +290,7 @@ class AppConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
 
     def __post_init__(self) -> None:
         if not self.app_id or any(c.isspace() for c in self.app_id):
@@ -302,6 +351,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "ensemble": EnsembleConfig,
     "kafka": KafkaConfig,
     "limits": LimitsConfig,
+    "attribution": AttributionConfig,
 }
 
 

@@ -9,7 +9,9 @@ Import them from :mod:`processor.metrics`, which re-exports this module's names.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +23,7 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -241,3 +243,66 @@ ENSEMBLE_WEIGHT = Gauge(
 )
 BUILD_INFO = Info("bandit_processor_build", "Version of the running stage.", registry=REGISTRY)
 BUILD_INFO.info({"version": __version__})
+# ---- the reward join (issue 14; README "Reward join") --------------------------------------------
+JOINED_OUTCOMES = Counter(
+    "bandit_processor_joined_outcomes_total",
+    "Bid outcomes applied to their logged decision for the first time.",
+    registry=REGISTRY,
+)
+DUPLICATE_OUTCOMES = Counter(
+    "bandit_processor_duplicate_outcomes_total",
+    "Bid outcomes that changed nothing: a redelivery of the applied one, or older than it.",
+    registry=REGISTRY,
+)
+RESTATED_OUTCOMES = Counter(
+    "bandit_processor_restated_outcomes_total",
+    "Bid outcomes that replaced the one applied for their decision (retracted, then applied).",
+    registry=REGISTRY,
+)
+UNKNOWN_OUTCOMES = Counter(
+    "bandit_processor_unknown_outcomes_total",
+    "Bid outcomes of requests not in the decision log (accepted or dead-lettered per "
+    "attribution.unknown).",
+    registry=REGISTRY,
+)
+LATE_OUTCOMES = Counter(
+    "bandit_processor_late_outcomes_total",
+    "Bid outcomes past the attribution window (dropped or applied per attribution.late).",
+    registry=REGISTRY,
+)
+DECISION_LOG_EVICTIONS = Counter(
+    "bandit_processor_decision_log_evictions_total",
+    "Decision-log entries evicted (oldest first) because attribution.max_entries was reached.",
+    registry=REGISTRY,
+)
+
+
+class DecisionLogEntries(Collector):
+    """``bandit_processor_decision_log_entries{partition}``, read from the live logs at scrape
+    time: a log is tracked by weak reference, so a partition's series goes when its engine does.
+    """
+
+    name = "bandit_processor_decision_log_entries"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._logs: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        registry.register(self)
+
+    def track(self, partition: int, log: Any) -> None:
+        """Export ``log.held`` (entries in memory) as the series of ``partition``."""
+        self._logs[partition] = log
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One gauge family, a series per tracked partition."""
+        family = GaugeMetricFamily(
+            self.name,
+            "Entries held in the reward join's decision log, per input partition.",
+            labels=["partition"],
+        )
+        items = list(self._logs.items())  # a copy: the garbage collector may drop entries
+        for partition, log in sorted(items, key=lambda item: item[0]):
+            family.add_metric([str(partition)], float(log.held))
+        yield family
+
+
+DECISION_LOG_ENTRIES = DecisionLogEntries(REGISTRY)

@@ -12,19 +12,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from processor import metrics_families as families
 from processor.config import AppConfig
 from processor.engine import outputs
+from processor.engine.attribution import join_outcomes, split_join_records, take_join_records
 from processor.engine.controls import apply_control
 from processor.engine.ensembles import EnsembleTable
 from processor.engine.outputs import DeadLetter, EngineOutputs, SourceBatch
 from processor.engine.requests import decide_requests
 from processor.engine.trades import process_trades
 from processor.errors import StateError
+from processor.join import RewardJoin
 from processor.kafka.columnar import Columns, decode_columns
 from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import (
     BiddingState,
     BidPolicy,
+    DecisionBatch,
     OutcomeBatch,
 )
 from processor.state.changelog import StoredState
@@ -69,9 +73,18 @@ class PartitionEngine:
         config: Application configuration.
         partition: The input partition this engine owns (also its changelog partition).
         serdes: Encoders / decoders shared by the instance.
+        decisions: Which decisions enter the reward join's log: ``"own"`` (the live stage: every
+            decision this engine makes) or ``"logged"`` (replay: the bid-decisions topic's
+            records in the batch, the decisions the live stage made).
     """
 
-    def __init__(self, config: AppConfig, partition: int, serdes: SerdeRegistry) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        partition: int,
+        serdes: SerdeRegistry,
+        decisions: str = "own",
+    ) -> None:
         self.config = config
         self.partition = partition
         self.serdes = serdes
@@ -80,6 +93,13 @@ class PartitionEngine:
         self.ensembles = EnsembleTable(config.ensemble)
         self.dirty_campaigns: set[str] = set()
         self.dirty_ensembles: set[str] = set()
+        if decisions not in ("own", "logged"):
+            msg = f"decisions must be 'own' or 'logged', got {decisions!r}"
+            raise ValueError(msg)
+        self.decisions = decisions
+        self.join = RewardJoin(config.attribution) if config.attribution.enabled else None
+        if self.join is not None:
+            families.DECISION_LOG_ENTRIES.track(partition, self.join.log)
 
     # ---- decoding ---------------------------------------------------------------------------
     def _decode(
@@ -233,6 +253,9 @@ class PartitionEngine:
         control = batches.get(topics.control)
         if control:
             self._controls(control, out)
+        logged = batches.get(topics.bid_decisions)
+        if logged and self.decisions == "logged":
+            self._logged_decisions(logged)
         outcomes = batches.get(topics.bid_outcomes)
         if outcomes:
             self._outcomes(outcomes, out)
@@ -279,10 +302,26 @@ class PartitionEngine:
             self._dead(out, source, idx[j], error_class, str(reasons[j]))
         if bad.all():
             return
-        good = batch.take(np.flatnonzero(~bad)) if bad.any() else batch
+        kept = np.flatnonzero(~bad)
+        good = batch.take(kept) if bad.any() else batch
+        if self.join is not None:
+            join_outcomes(self, good, np.asarray(idx, dtype=np.int64)[kept], source, out)
+            return
         self.policy.observe(good, self.campaigns)
         self.dirty_campaigns.update(np.unique(good.campaign_id).tolist())
         out.rewards_applied += len(good)
+
+    def _logged_decisions(self, source: SourceBatch) -> None:
+        """Replay: log the decisions of the bid-decisions topic (undecodable ones are skipped)."""
+        if self.join is None:
+            return
+        records, _, _ = self.serdes["BidDecision"].decode_many(source.values)
+        self.join.log_records(records, self.policy, self.campaigns)
+
+    def log_decisions(self, decisions: DecisionBatch) -> None:
+        """Log decisions this engine made (live; replay logs the recorded ones instead)."""
+        if self.join is not None and self.decisions == "own":
+            self.join.log_decisions(decisions)
 
     def _trades(self, source: SourceBatch, out: EngineOutputs) -> None:
         records, idx = self._decode(source, "TradeOutcome", out)
@@ -321,6 +360,7 @@ class PartitionEngine:
         )
         self.dirty_campaigns.clear()
         self.dirty_ensembles.clear()
+        items.extend(take_join_records(self))
         return items
 
     def _campaign_states(self, keys: list[str]) -> list[tuple[str, str, StoredState]]:
@@ -334,7 +374,18 @@ class PartitionEngine:
         return [("campaign", key, state) for key, state in zip(keys, states, strict=True)]
 
     def restore(self, kind: str, key: str, state: StoredState) -> None:
-        """Load one key's state from a changelog record (a dict, or packed campaign bytes)."""
+        """Load one key's state from a changelog record (a dict, or packed campaign bytes).
+
+        A ``join`` record is one chunk of the decision log: alone it restores only that chunk's
+        entries (``state show``); :meth:`restore_many` restores a partition's whole log.
+        """
+        if kind == "join":
+            if not isinstance(state, bytes):
+                msg = f"join record {key!r} is not packed"
+                raise StateError(msg)
+            if self.join is not None:
+                self.join.restore([state])
+            return
         if isinstance(state, bytes):
             if kind != "campaign":
                 msg = f"packed state for {kind} {key!r}: only campaign state is packed"
@@ -351,8 +402,13 @@ class PartitionEngine:
     def restore_many(self, states: Mapping[tuple[str, str], StoredState]) -> None:
         """:meth:`restore` for a whole changelog partition (campaigns column-wise).
 
-        The result equals restoring key by key in the same order.
+        The result equals restoring key by key in the same order; the ``join`` records (the
+        decision log's chunks) are restored together.
         """
+        if "join" in set(map(itemgetter(0), states)):
+            chunks, states = split_join_records(states)
+            if self.join is not None:
+                self.join.restore(chunks)
         values = list(states.values())
         if set(map(type, values)) == {bytes} and set(map(itemgetter(0), states)) == {"campaign"}:
             # the usual partition, packed campaigns only (checked and split at C speed)

@@ -99,6 +99,10 @@ class EngineOutputs:
     modes: Counter[str] = field(default_factory=Counter)
     guardrails: Counter[str] = field(default_factory=Counter)
     arms_chosen: Counter[str] = field(default_factory=Counter)
+    join: Counter[str] = field(default_factory=Counter)
+    """Bid outcomes by reward-join status (joined, duplicate, restated, unknown, late, ...)."""
+    outcomes_applied: list[int] = field(default_factory=list)
+    """Source positions of the bid outcomes whose contribution was applied (replay reports)."""
 
     def extend(self, other: EngineOutputs) -> None:
         """Merge another batch's outputs into this one."""
@@ -112,3 +116,5 @@ class EngineOutputs:
         self.modes.update(other.modes)
         self.guardrails.update(other.guardrails)
         self.arms_chosen.update(other.arms_chosen)
+        self.join.update(other.join)
+        self.outcomes_applied.extend(other.outcomes_applied)

@@ -99,6 +99,8 @@ def decide_requests(
                 for (_, a, b), lu in zip(spans, looked, strict=True)
             ]
         )
+    for p, a, b in spans:  # the reward join's log of each partition (DESIGN §3b)
+        engines[p].log_decisions(decisions if len(spans) == 1 else decisions.take(slice(a, b)))
     _emit(first, decisions, spans, outs)
 
 

@@ -225,6 +225,10 @@ class DecisionBatch:
     def __len__(self) -> int:
         return int(self.request_id.shape[0])
 
+    def take(self, index: Any) -> DecisionBatch:
+        """Sub-batch of the rows selected by ``index``."""
+        return DecisionBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
     def mode_names(self) -> npt.NDArray[Any]:
         """Mode names per decision."""
         return np.array(MODES, dtype=object)[self.mode]

@@ -15,6 +15,13 @@ batching at all.
 Alongside the main engine a second one runs the *replay* (rejection sampling) estimator of Li et
 al. (2011): it sees every request and control command but only the outcomes whose logged arm
 equals the arm it chose itself for that request, so it learns only from kept events.
+
+Reward join (DESIGN §3b): both engines join outcomes exactly as the live stage does, against the
+decisions the live stage logged — the bid-decisions records in the stream ride along with the
+batch they fall in (they do not count towards ``max_batch_events``) — not against the candidate's
+own decisions, which may choose other arms. Without bid-decisions in the input every outcome is
+"unknown" and still de-duplicated by request id. The report's rewards are each decision's
+joined reward: duplicates are left out and a restated outcome replaces the earlier one.
 """
 
 from __future__ import annotations
@@ -153,28 +160,38 @@ class Backtest:
     ) -> None:
         self.config = config
         self.serdes = serdes or SerdeRegistry()
-        self.engine = PartitionEngine(config, 0, self.serdes)
-        self.rejector = PartitionEngine(config, 0, self.serdes) if rejection else None
+        self.engine = PartitionEngine(config, 0, self.serdes, decisions="logged")
+        self.rejector = (
+            PartitionEngine(config, 0, self.serdes, decisions="logged") if rejection else None
+        )
         self.rejection_choice: dict[str, str] = {}
         self._probe: EnsembleTable | None = None
         self.result = BacktestResult()
         self._inputs = set(config.topics.inputs)
+        self._logged = config.topics.bid_decisions
+        # each decision's joined reward: position of its record in outcome_records / rejection
+        self._reward_at: dict[str, tuple[int, int, int]] = {}
+        self._rejection_at: dict[str, int] = {}
 
     def run(self, records: Iterable[RawRecord], progress: Progress | None = None) -> BacktestResult:
         """Replay ``records`` (already merged) in batches of ``max_batch_events``."""
         started = time.monotonic()
         size = self.config.max_batch_events
         batch: list[RawRecord] = []
+        inputs = 0
         res = self.result
         for rec in records:
             if rec.topic not in self._inputs:
+                if rec.topic == self._logged:
+                    batch.append(rec)  # for the reward join; not an input event
                 continue
-            if not res.events and not batch:
+            if not res.events and not inputs:
                 res.first_ms = rec.event_time
             batch.append(rec)
-            if len(batch) >= size:
+            inputs += 1
+            if inputs >= size:
                 self.process(batch)
-                batch = []
+                batch, inputs = [], 0
                 if progress is not None:
                     progress.update(res.events, res.first_ms, res.last_ms)
         if batch:
@@ -196,13 +213,20 @@ class Backtest:
                 sb = sources[r.topic] = SourceBatch(r.topic, 0)
             # The engine sees a stream index as "offset"; dead letters are mapped back below.
             sb.append(r.key, r.value, base + i)
-            res.events_by_topic[r.topic] += 1
-        now_ms = batch[-1].event_time
+            if r.topic != self._logged:
+                res.events_by_topic[r.topic] += 1
+        inputs = [r for r in batch if r.topic != self._logged]
+        if not inputs:
+            self.engine.process(sources, now_ms=batch[-1].event_time)
+            if self.rejector is not None:
+                self.rejector.process(sources, now_ms=batch[-1].event_time)
+            return
+        now_ms = inputs[-1].event_time
         trade_src = sources.get(topics.trade_outcomes)
         trade_pairs = self._decoded(trade_src, "TradeOutcome", set())
         targets = [self._ensemble_target(rec) for rec, _ in trade_pairs]
         out = self.engine.process(sources, now_ms=now_ms)
-        res.events += len(batch)
+        res.events += len(inputs)
         res.batches += 1
         res.last_ms = max(res.last_ms, now_ms)
         for dl in out.dead_letters:
@@ -228,11 +252,7 @@ class Backtest:
         self._weights(out.weights, now_ms)
         dead = {dl.source_offset for dl in out.dead_letters}
         outcome_pairs = self._decoded(sources.get(topics.bid_outcomes), "BidOutcome", dead)
-        outcome_records = [rec for rec, _ in outcome_pairs]
-        if outcome_records:
-            res.outcome_records += outcome_records
-            rewards, _ = self.engine.policy.rewards(OutcomeBatch.from_records(outcome_records))
-            res.outcome_rewards.append(rewards)
+        self._joined_rewards(outcome_pairs, out.outcomes_applied)
         self._trades(
             [
                 (rec, target)
@@ -242,6 +262,35 @@ class Backtest:
         )
         if self.rejector is not None:
             self._reject(sources, outcome_pairs, now_ms)
+
+    def _joined_rewards(self, pairs: list[tuple[dict[str, Any], int]], applied: list[int]) -> None:
+        """Record the reward of each outcome the join applied; a restatement replaces the
+        earlier record of its request (the join off: every outcome that was not dead-lettered)."""
+        if self.engine.join is not None:
+            at = {i: rec for rec, i in pairs}
+            pairs = [(at[i], i) for i in applied if i in at]
+        if not pairs:
+            return
+        records = [rec for rec, _ in pairs]
+        rewards, _ = self.engine.policy.rewards(OutcomeBatch.from_records(records))
+        res = self.result
+        fresh: list[float] = []
+        block = len(res.outcome_rewards)
+        for rec, reward in zip(records, rewards.tolist(), strict=True):
+            rid = str(rec["request_id"])
+            where = self._reward_at.get(rid) if self.engine.join is not None else None
+            if where is None:
+                self._reward_at[rid] = (block, len(fresh), len(res.outcome_records))
+                res.outcome_records.append(rec)
+                fresh.append(reward)
+            elif where[0] == block:
+                fresh[where[1]] = reward
+                res.outcome_records[where[2]] = rec
+            else:
+                res.outcome_rewards[where[0]][where[1]] = reward
+                res.outcome_records[where[2]] = rec
+        if fresh:
+            res.outcome_rewards.append(np.asarray(fresh, dtype=np.float64))
 
     def _decoded(
         self, source: SourceBatch | None, schema: str, dead: set[int]
@@ -343,19 +392,28 @@ class Backtest:
         topic = self.config.topics.bid_outcomes
         filtered = dict(sources)
         src = sources.get(topic)
+        kept_recs = []
         if src is not None:
             kept = SourceBatch(topic, 0)
-            kept_recs = []
             for rec, i in outcomes:
                 self.result.rejection_seen += 1
                 if self.rejection_choice.get(rec["request_id"]) == rec["arm"]:
                     kept.append(src.keys[i], src.values[i], src.offsets[i])
                     kept_recs.append(rec)
             filtered[topic] = kept
-            if kept_recs:
-                rewards, _ = self.rejector.policy.rewards(OutcomeBatch.from_records(kept_recs))
-                self.result.rejection_rewards += rewards.tolist()
         out = self.rejector.process(filtered, now_ms=now_ms)
+        if self.rejector.join is not None:
+            kept_recs = [kept_recs[i] for i in out.outcomes_applied if i < len(kept_recs)]
+        if kept_recs:
+            rewards, _ = self.rejector.policy.rewards(OutcomeBatch.from_records(kept_recs))
+            for rec, reward in zip(kept_recs, rewards.tolist(), strict=True):
+                rid = str(rec["request_id"])
+                pos = self._rejection_at.get(rid) if self.rejector.join is not None else None
+                if pos is None:
+                    self._rejection_at[rid] = len(self.result.rejection_rewards)
+                    self.result.rejection_rewards.append(reward)
+                else:
+                    self.result.rejection_rewards[pos] = reward
         if out.decisions:
             recs, _, _ = self.serdes["BidDecision"].decode_many([v for _, v in out.decisions])
             for rec in recs:

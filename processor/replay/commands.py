@@ -67,9 +67,13 @@ def load_records(
     verify: bool,
     serdes: SerdeRegistry,
 ) -> list[RawRecord]:
-    """The merged event stream of the range, from the topics or from exported files."""
+    """The merged event stream of the range, from the topics or from exported files.
+
+    The bid-decisions topic is read too when decisions are verified or the reward join is on
+    (the join matches outcomes to the decisions the live stage logged).
+    """
     topics = list(config.topics.inputs)
-    if verify:
+    if verify or config.attribution.enabled:
         topics.append(config.topics.bid_decisions)
     if inputs:
         parts = read_files(inputs, from_ms, to_ms, schema_by_topic(config), serdes)

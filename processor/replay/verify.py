@@ -18,6 +18,11 @@ from the live one and the decisions right there can show as mismatches (they nam
 Commands that ``reset`` a campaign restart its version count and are not supported; ensemble
 commands do not affect bid decisions.
 
+With the reward join on (``attribution.enabled``), an outcome applies the Thompson updates the
+live join made for it — none for a duplicate, a retraction and an application for a restatement —
+computed per partition in offset order by :mod:`processor.replay.joined` (its limits apply);
+an outcome that made no update (a duplicate) is not a step.
+
 Compared fields: ``arm``, ``bid_amount``, ``budget``, ``propensity`` (relative tolerance 1e-9:
 the quadrature is deterministic, the tolerance only absorbs float formatting), ``mode`` and
 ``guardrails``. ``decided_at`` is wall clock live and is never compared. A decision whose request
@@ -43,6 +48,7 @@ from processor.engine.controls import apply_control
 from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import DecisionBatch, OutcomeBatch, RequestBatch
 from processor.policy.safety import GUARDRAIL_NAMES
+from processor.replay.joined import JoinedEvents, join_events
 from processor.replay.source import RawRecord
 
 logger = logging.getLogger(__name__)
@@ -110,6 +116,11 @@ def verify_decisions(
     # to place control commands.
     outs = _decode(by_topic.get(t.bid_outcomes, []), "BidOutcome", serdes)
     outs.sort(key=lambda x: (x[1]["campaign_id"], x[0].partition, x[0].offset))
+    joined = join_events(config, outs, logged) if config.attribution.enabled else None
+    if joined is not None:  # an outcome that changed nothing is no step
+        effective = joined.effective()
+        outs = [outs[j] for j in effective.tolist()]
+        joined = joined.subset(effective)
     camp_names = sorted(
         {rec["campaign_id"] for _, rec in outs} | {d["campaign_id"] for _, d in logged}
     )
@@ -124,7 +135,7 @@ def verify_decisions(
 
     keep = [(raw, d) for raw, d in logged if d["request_id"] in requests]
     result._skip("request not in range", len(logged) - len(keep))
-    partial = _partial_history(keep, outs)
+    partial = _partial_history(keep, outs, joined)
     kept = [(raw, d) for raw, d in keep if d["campaign_id"] not in partial]
     result._skip("campaign history starts before the range", len(keep) - len(kept))
     keep = kept
@@ -172,8 +183,12 @@ def verify_decisions(
         batch = all_outcomes.take(ptr[live])
         reasons = policy.validate_outcomes(batch, state)
         ok = np.array([r is None for r in reasons], dtype=bool)
-        if ok.any():
+        if ok.any() and joined is None:
             policy.observe(batch.take(np.flatnonzero(ok)), state)
+        elif ok.any() and joined is not None:
+            events, weights = joined.of(ptr[live][ok])
+            if events is not None:
+                policy.observe(events, state, weight=weights)
         ptr[live] += 1
     result._skip("policy_version not reached by the outcomes in range", int((~done).sum()))
     return result
@@ -182,11 +197,13 @@ def verify_decisions(
 def _partial_history(
     decisions: Sequence[tuple[RawRecord, Mapping[str, Any]]],
     outs: Sequence[tuple[RawRecord, Mapping[str, Any]]],
+    joined: JoinedEvents | None = None,
 ) -> set[str]:
-    """Campaigns whose earliest logged decision needs more outcomes than the range holds before it.
+    """Campaigns whose earliest logged decision needs more updates than the range holds before it.
 
     Such a campaign absorbed outcomes before ``--from``; its state cannot be rebuilt, and deciding
-    its requests anyway would report false mismatches.
+    its requests anyway would report false mismatches. An outcome is one update, or with the
+    reward join the number of updates the join made for it.
     """
     first: dict[str, tuple[RawRecord, int]] = {}
     for raw, d in decisions:
@@ -194,10 +211,10 @@ def _partial_history(
         if seen is None or raw < seen[0]:
             first[d["campaign_id"]] = (raw, int(d["policy_version"]))
     before: dict[str, int] = dict.fromkeys(first, 0)
-    for raw, rec in outs:
+    for j, (raw, rec) in enumerate(outs):
         c = rec["campaign_id"]
         if c in first and raw < first[c][0]:
-            before[c] += 1
+            before[c] += 1 if joined is None else int(joined.end[j] - joined.start[j])
     return {c for c, (_, version) in first.items() if version > before[c]}
 
 

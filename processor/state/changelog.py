@@ -1,9 +1,10 @@
 """The compacted state changelog: writing dirty keys and restoring a partition.
 
-Record key: ``<kind>/<key>`` (``campaign/c-17``, ``ensemble/e-1``) so a campaign and an ensemble
-with the same id never overwrite each other under compaction. Value: a StateRecord holding the
-key's full state (not a delta), so the latest committed record per key is the state. State of
-input partition *p* always goes to changelog partition *p*.
+Record key: ``<kind>/<key>`` (``campaign/c-17``, ``ensemble/e-1``, ``join/3/17``) so a campaign and
+an ensemble with the same id never overwrite each other under compaction. Value: a StateRecord
+holding the key's full state (not a delta), so the latest committed record per key is the state.
+Kind ``join`` holds one chunk of the reward join's decision log (:mod:`processor.state.joinlog`),
+always packed. State of input partition *p* always goes to changelog partition *p*.
 
 A state is held as JSON in ``state_json`` or, for campaigns when ``state_format: packed`` (the
 default), in the binary layout of :mod:`processor.state.packing` in ``state_packed`` (with
@@ -30,7 +31,7 @@ from processor.kafka.serde import AvroSerde
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("campaign", "ensemble")
+KINDS = ("campaign", "ensemble", "join")
 _DENIED = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED,
     KafkaError.GROUP_AUTHORIZATION_FAILED,

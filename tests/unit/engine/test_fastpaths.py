@@ -159,7 +159,11 @@ def test_restore_many_equals_key_by_key_restore(state_format: str) -> None:
     source.process({t.bid_outcomes: _batch(t.bid_outcomes, _outcomes(800, 2), 0)})
     keys = sorted(source.dirty_campaigns)
     source.campaigns.thompson.remove_arm("balanced", keys[0])
-    states = {("campaign", k): json.loads(json.dumps(s)) for _, k, s in source.take_dirty()}
+    states = {
+        ("campaign", k): json.loads(json.dumps(s))
+        for kind, k, s in source.take_dirty()
+        if kind == "campaign"
+    }
     odd = json.loads(json.dumps(states[("campaign", keys[3])]))
     odd["thompson"]["arm_names"] = [*odd["thompson"]["arm_names"], "brand-new"]
     odd["thompson"]["successes"].append(4.0)

@@ -25,6 +25,7 @@ class Loop:
     config: AppConfig
     parts: Partitions
     bad_outcome: tuple[int, int]  # (partition, offset) of the outcome the stage dead-lettered
+    engines: list[PartitionEngine] | None = None  # the live engines, after the run
 
     def merged(self, *, decisions: bool = True) -> list[RawRecord]:
         keep = {
@@ -36,14 +37,20 @@ class Loop:
 
 
 def closed_loop(
-    rounds: int = 30, per_round: int = 60, partitions: int = 2, seed: int = 3, campaigns: int = 6
+    rounds: int = 30,
+    per_round: int = 60,
+    partitions: int = 2,
+    seed: int = 3,
+    campaigns: int = 6,
+    redeliver: float = 0.0,
 ) -> Loop:
     """Run the stage's engines on simulated traffic with irregular live batches.
 
     Every round adds requests, lets each partition's engine process a random prefix of what it
     has not seen yet (cut across topics like a poll would), and answers the new decisions with
     the market's outcomes. One campaign is put into emergency mode and released by control
-    commands, and one malformed outcome is dead-lettered.
+    commands, and one malformed outcome is dead-lettered. With ``redeliver`` > 0 that share of
+    the outcomes is delivered a second time, and as many are restated with one more conversion.
     """
     config = config_from_dict({"max_batch_events": 97, "bidding": {"seed": 11}})
     if rounds * per_round > 20_000:
@@ -90,6 +97,14 @@ def closed_loop(
             clock += 1
             o["event_time"] = clock
             append(t.bid_outcomes, o["campaign_id"], SERDES["BidOutcome"].encode(o), clock)
+            if redeliver and rng.random() < redeliver:  # a redelivery: same bytes, later offset
+                append(t.bid_outcomes, o["campaign_id"], SERDES["BidOutcome"].encode(o), clock)
+            if redeliver and rng.random() < redeliver:  # a restatement: a conversion arrived
+                clock += 1
+                later = {**o, "event_time": clock, "conversions": o["conversions"] + 1}
+                later["revenue"] = o["revenue"] + 5.0
+                enc = SERDES["BidOutcome"].encode(later)
+                append(t.bid_outcomes, o["campaign_id"], enc, clock)
 
     def flush() -> None:
         # Twice: answering the first pass's decisions adds outcomes the engines have not seen.
@@ -148,4 +163,4 @@ def closed_loop(
     flush()
     schemas = schema_by_topic(config)
     parts = {k: with_event_times(v, schemas, SERDES) for k, v in logs.items()}
-    return Loop(config, parts, bad)
+    return Loop(config, parts, bad, engines)
