@@ -155,7 +155,7 @@ class _Cursor:
         fixed dozen numpy operations, whatever the lengths: small batches pay little per field).
         """
         pos = self.pos[rows]
-        first = self.buf[np.minimum(pos, self.limit)]
+        first = self.buf[np.clip(pos, 0, self.limit)]
         if bool((first < 0x80).all()):
             raw = first.astype(np.uint64)
             length: Any = np.ones(len(rows), dtype=np.int64)
@@ -163,7 +163,7 @@ class _Cursor:
         else:
             # most multi-byte varints are short (lengths, counts): try a 3-byte window first
             for width in (min(3, max_bytes), max_bytes):
-                window = self.buf[np.minimum(pos[:, None] + _ARANGE10[None, :width], self.limit)]
+                window = self.buf[np.clip(pos[:, None] + _ARANGE10[None, :width], 0, self.limit)]
                 stop = window < 0x80
                 ends = stop.any(axis=1)
                 if width == max_bytes or bool(ends.all()):
@@ -187,13 +187,13 @@ class _Cursor:
 
     def double(self, rows: Any) -> Any:
         pos = self.pos[rows]
-        b = self.buf[np.minimum(pos[:, None] + _ARANGE8, self.limit)]
+        b = self.buf[np.clip(pos[:, None] + _ARANGE8, 0, self.limit)]
         self.pos[rows] = pos + 8
         return np.ascontiguousarray(b).view("<f8").reshape(-1)
 
     def boolean(self, rows: Any) -> Any:
         pos = self.pos[rows]
-        b = self.buf[np.minimum(pos, self.limit)]
+        b = self.buf[np.clip(pos, 0, self.limit)]
         self.bad[rows[b > 1]] = True
         self.pos[rows] = pos + 1
         return b == 1

@@ -163,6 +163,12 @@ def test_damaged_values_fail_or_decode_exactly_like_fastavro(
     _check(name, values)
 
 
+def test_a_length_near_2_to_63_fails_like_fastavro_instead_of_raising() -> None:
+    """Found by the test above: a string length so large that the cursor overflowed int64 and
+    indexed out of bounds (IndexError) instead of reporting the record as undecodable."""
+    _check("StateRecord", [bytes(6)] * 7 + [bytes.fromhex("8000000090ffffffffffffffff0100")])
+
+
 def test_batch_with_many_rows_matches() -> None:
     rng = random.Random(3)
     values = []
