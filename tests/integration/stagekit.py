@@ -231,6 +231,29 @@ def drained(config: AppConfig) -> bool:
         c.close()
 
 
+def committed_total(config: AppConfig, topic: str) -> int:
+    """Sum of the group's committed offsets over ``topic``'s partitions (0 when none yet)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": config.bootstrap_servers,
+            **config.kafka.common,
+            "group.id": config.app_id,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        md = c.list_topics(topic, timeout=10)
+        tps = [TopicPartition(topic, p) for p in md.topics[topic].partitions]
+        try:
+            found = c.committed(tps, timeout=10)
+        except KafkaException:
+            return 0  # offsets of an open transaction are unstable until it ends
+        return sum(max(tp.offset, 0) for tp in found)
+    finally:
+        c.close()
+
+
 def committed_state(config: AppConfig) -> dict[tuple[str, str], dict[str, Any]]:
     """``{(kind, key): state show view}`` of everything in the committed changelog."""
     topic = config.changelog_topic

@@ -4,7 +4,6 @@ rebalance, with redeliveries, restatements, wrong arms and foreign outcomes."""
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from tests.integration.stagekit import (
     StageProcess,
     app_config,
     committed_state,
+    committed_total,
     drained,
     make_topics,
     produce,
@@ -89,8 +89,9 @@ def assert_counts(config: Any, want: dict[str, dict[str, list[int]]]) -> None:
 
 
 def test_redeliveries_across_sigkill_count_once(bootstrap: str, tmp_path: Path) -> None:
+    # small batches and commits: the input takes many commits, so a kill lands mid-stream
     config, path = app_config(
-        bootstrap, tmp_path, commit_every_events=400, max_batch_events=400, **FAST_GROUP
+        bootstrap, tmp_path, commit_every_events=50, max_batch_events=50, **FAST_GROUP
     )
     make_topics(config, partitions=3)
     log = tmp_path / "stage.log"
@@ -102,8 +103,15 @@ def test_redeliveries_across_sigkill_count_once(bootstrap: str, tmp_path: Path) 
     produce(config, config.topics.bid_outcomes, "BidOutcome", twice, "campaign_id")
     kills = 0
     for _ in range(2):
+        before = committed_total(config, config.topics.bid_outcomes)
         stage = StageProcess(config, path, "crashy", log).start().wait_ready(timeout=90)
-        time.sleep(rng.uniform(0.3, 0.8))
+        # SIGKILL right after the stage committed something more: mid-stream, whatever its speed
+        wait_for(
+            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
+            timeout=60,
+            interval=0.01,
+            description="a commit after the restart",
+        )
         if drained(config):
             stage.stop()
             break
