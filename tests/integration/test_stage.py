@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from tests.integration.stagekit import (
     StageProcess,
     app_config,
     committed_state,
+    committed_total,
     drained,
     expected_counts,
     make_topics,
@@ -107,19 +106,25 @@ def test_end_to_end_closed_loop(bootstrap: str, tmp_path: Path) -> None:
 
 def test_crash_mid_stream_restores_exact_state(bootstrap: str, tmp_path: Path) -> None:
     config, path = app_config(
-        bootstrap, tmp_path, commit_every_events=500, max_batch_events=500, **FAST_GROUP
+        bootstrap, tmp_path, commit_every_events=200, max_batch_events=200, **FAST_GROUP
     )
     make_topics(config, partitions=3)
     outcomes = outcome_records(30000, campaigns=12, arms=ARMS, seed=11)
     requests = request_records(6000, campaigns=12, seed=11)
     produce(config, config.topics.bid_outcomes, "BidOutcome", outcomes, "campaign_id")
     produce(config, config.topics.bid_requests, "BidRequest", requests, "campaign_id")
-    rng = random.Random(5)
     log = tmp_path / "stage.log"
     kills = 0
     for _ in range(3):
+        before = committed_total(config, config.topics.bid_outcomes)
         stage = StageProcess(config, path, "crashy", log).start().wait_ready(timeout=90)
-        time.sleep(rng.uniform(0.2, 0.8))
+        # SIGKILL right after the stage committed something more: mid-stream, whatever its speed
+        wait_for(
+            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
+            timeout=60,
+            interval=0.01,
+            description="a commit after the restart",
+        )
         if drained(config):
             stage.stop()
             break
