@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import fastavro
@@ -73,7 +72,7 @@ def test_restore_waits_for_transactions_still_open_below_committed_state(
         target=lambda: result.update(out=read_changelog(factory, topic, 0, serde, 30))
     )
     reader.start()
-    time.sleep(1.0)
+    reader.join(1.0)  # it must NOT finish while the slow transaction is open
     assert reader.is_alive(), "restore returned while a transaction below committed state was open"
     slow.commit_transaction(30)
     reader.join(30)
