@@ -10,15 +10,19 @@ encode instead of one of each per learner.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from processor.engine import outputs
-from processor.engine.ensembles import EnsembleTable
+from processor.errors import StateError
 from processor.kafka.columnar_encode import encode_columns
 from processor.kafka.serde import AvroSerde
+
+if TYPE_CHECKING:
+    from processor.engine.ensembles import EnsembleTable
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ def publish_weights(
     wanted = [(key, horizon or None) for key in sorted(changed) for horizon in changed[key]]
     if not wanted:
         return []
-    snaps = table.snapshot_many(wanted)
+    snaps = snapshot_many(table, wanted)
     n = len(snaps)
     values = None
     if n >= outputs.MIN_VECTORIZED:
@@ -43,3 +47,57 @@ def publish_weights(
     if values is None:
         values = [serde.encode(s) for s in snaps]
     return [(key.encode(), v) for (key, _), v in zip(wanted, values, strict=True)]
+
+
+def snapshot_many(
+    table: EnsembleTable, wanted: Sequence[tuple[str, str | None]]
+) -> list[dict[str, Any]]:
+    """:meth:`EnsembleTable.snapshot` of many ``(key, horizon)`` at once (one probability pass)."""
+    lkeys: list[str] = []
+    horizons: list[str] = []
+    rows: list[int] = []
+    for key, horizon in wanted:
+        h = table._horizon(key, horizon)
+        lkey = table.learner_key(key, h)
+        row = table.bandit.row_of(lkey) if table.has_key(key) else None
+        if row is None:
+            msg = f"no ensemble state for {key!r}" + (f" horizon {h!r}" if h else "")
+            raise StateError(msg)
+        lkeys.append(lkey)
+        horizons.append(h)
+        rows.append(row)
+    r = np.array(rows, dtype=np.int64)
+    bandit = table.bandit
+    probs = bandit.probabilities(r).tolist()
+    bandit_w = bandit.weights(r).tolist()
+    active = bandit.active[r].tolist()
+    steps_of = bandit.total_steps[r].tolist()
+    versions = bandit.version[r].tolist()
+    names = bandit.arm_names
+    out = []
+    for i, (key, _h) in enumerate(wanted):
+        h = horizons[i]
+        act = active[i]
+        prob_map = {n: p for n, p, a in zip(names, probs[i], act, strict=True) if a}
+        bandit_map = {n: w for n, w, a in zip(names, bandit_w[i], act, strict=True) if a}
+        base = table.base_weights(key, h)
+        steps = int(steps_of[i])
+        warm = steps >= table.config.warm_start_steps
+        alpha = table.config.blend_alpha if warm else 0.0
+        blended = {a: (1.0 - alpha) * base[a] + alpha * bandit_map[a] for a in base}
+        total = math.fsum(blended.values())
+        out.append(
+            {
+                "ensemble_id": key,
+                "horizon": h if table.per_horizon else table.last_horizon.get(key, ""),
+                "mode": table.config.mode,
+                "weights": {a: w / total for a, w in blended.items()},
+                "bandit_weights": bandit_map,
+                "probabilities": prob_map,
+                "total_steps": steps,
+                "warm": warm,
+                "policy_version": int(versions[i]),
+                "event_time": int(table.last_event_ms.get(lkeys[i], 0)),
+            }
+        )
+    return out

@@ -26,7 +26,6 @@ rewards were absorbed by the learner, the base weights before.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from processor.bandits.keyed import KeyedExp3IX
 from processor.config import EnsembleConfig
+from processor.engine.ensemble_publish import snapshot_many
 from processor.engine.ensemble_state import ensemble_state, load_ensemble_state
 from processor.errors import StateError
 
@@ -225,58 +225,7 @@ class EnsembleTable:
     def snapshot(self, key: str, horizon: str | None = None) -> dict[str, Any]:
         """Everything an EnsembleWeights record publishes for ``key`` (family_horizon: for
         ``horizon``, by default the one last updated)."""
-        return self.snapshot_many([(key, horizon)])[0]
-
-    def snapshot_many(self, wanted: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
-        """:meth:`snapshot` of many ``(key, horizon)`` at once (one probability pass)."""
-        lkeys: list[str] = []
-        horizons: list[str] = []
-        rows: list[int] = []
-        for key, horizon in wanted:
-            h = self._horizon(key, horizon)
-            lkey = self.learner_key(key, h)
-            row = self.bandit.row_of(lkey) if self.has_key(key) else None
-            if row is None:
-                msg = f"no ensemble state for {key!r}" + (f" horizon {h!r}" if h else "")
-                raise StateError(msg)
-            lkeys.append(lkey)
-            horizons.append(h)
-            rows.append(row)
-        r = np.array(rows, dtype=np.int64)
-        bandit = self.bandit
-        probs = bandit.probabilities(r).tolist()
-        bandit_w = bandit.weights(r).tolist()
-        active = bandit.active[r].tolist()
-        steps_of = bandit.total_steps[r].tolist()
-        versions = bandit.version[r].tolist()
-        names = bandit.arm_names
-        out = []
-        for i, (key, _h) in enumerate(wanted):
-            h = horizons[i]
-            act = active[i]
-            prob_map = {n: p for n, p, a in zip(names, probs[i], act, strict=True) if a}
-            bandit_map = {n: w for n, w, a in zip(names, bandit_w[i], act, strict=True) if a}
-            base = self.base_weights(key, h)
-            steps = int(steps_of[i])
-            warm = steps >= self.config.warm_start_steps
-            alpha = self.config.blend_alpha if warm else 0.0
-            blended = {a: (1.0 - alpha) * base[a] + alpha * bandit_map[a] for a in base}
-            total = math.fsum(blended.values())
-            out.append(
-                {
-                    "ensemble_id": key,
-                    "horizon": h if self.per_horizon else self.last_horizon.get(key, ""),
-                    "mode": self.config.mode,
-                    "weights": {a: w / total for a, w in blended.items()},
-                    "bandit_weights": bandit_map,
-                    "probabilities": prob_map,
-                    "total_steps": steps,
-                    "warm": warm,
-                    "policy_version": int(versions[i]),
-                    "event_time": int(self.last_event_ms.get(lkeys[i], 0)),
-                }
-            )
-        return out
+        return snapshot_many(self, [(key, horizon)])[0]
 
     def snapshots(self, key: str) -> list[dict[str, Any]]:
         """:meth:`snapshot` of every learner of ``key`` (one record per horizon)."""

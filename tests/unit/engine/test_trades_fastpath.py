@@ -20,6 +20,7 @@ from processor.config import config_from_dict
 from processor.engine import PartitionEngine, SourceBatch
 from processor.engine import core as engine_core
 from processor.engine import outputs as engine_outputs
+from processor.engine.ensemble_publish import snapshot_many
 from processor.kafka.columnar_encode import encode_columns
 from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
@@ -150,4 +151,4 @@ def test_snapshot_many_equals_one_snapshot_at_a_time() -> None:
     table.set_base_weights("ens-1", {"lightgbm:5m": 3.0})
     wanted = [(key, h) for key in table.keys for h in [*table.horizons_of(key), None]]
     assert len(wanted) > 30
-    assert table.snapshot_many(wanted) == [table.snapshot(k, h) for k, h in wanted]
+    assert snapshot_many(table, wanted) == [table.snapshot(k, h) for k, h in wanted]
