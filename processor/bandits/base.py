@@ -117,6 +117,8 @@ def thompson_propensities(
 
 def _propensities_block(a: FloatArray, b: FloatArray, act: BoolArray) -> FloatArray:
     n, k = a.shape
+    if n == 1 and _plain_row(a[0].tolist(), b[0].tolist(), act[0].tolist()):
+        return _quadrature(a, b, act)  # what the general code does with such a row, less setup
     out = np.zeros((n, k), dtype=np.float64)
     if n == 0:
         return out
@@ -145,6 +147,18 @@ def _propensities_block(a: FloatArray, b: FloatArray, act: BoolArray) -> FloatAr
             )
             out[todo[sel]] = probs / probs.sum(axis=1, keepdims=True)
     return out
+
+
+def _plain_row(a: list[float], b: list[float], act: list[bool]) -> bool:
+    """True if one row has two or more active arms and no graded end (see below)."""
+    if sum(act) < 2:
+        return False
+    for x, y, on in zip(a, b, act, strict=True):
+        if on and (
+            (x < _SMOOTH and abs(x - round(x)) > 1e-9) or (y < _SMOOTH and abs(y - round(y)) > 1e-9)
+        ):
+            return False
+    return True
 
 
 def _quadrature(a: FloatArray, b: FloatArray, act: BoolArray) -> FloatArray:
@@ -241,6 +255,9 @@ class KeyTable:
             raise StateError(msg)
         self._arm_names = names
         self._col = {n: i for i, n in enumerate(names)}
+        # Bumped by every change of the arrays (the object APIs cache one row's probabilities).
+        self._changes = 0
+        self._row_cache: dict[int, Any] = {}
         self._keys: list[str] = []
         self._row: dict[str, int] = {}
         self._default_active = np.ones(len(names), dtype=bool)
@@ -360,12 +377,14 @@ class KeyTable:
 
     def _init_rows(self, rows: IntArray) -> None:
         """Reset ``rows`` to the fresh state (prior / zero losses), default arm activity."""
+        self._changes += 1
         for name, (_dtype, _per_arm, fill) in self._fields.items():
             self._arr[name][rows] = fill
         self._arr["active"][rows] = self._default_active
         self._arr["version"][rows] = 0
 
     def _add_column(self, name: str) -> int:
+        self._changes += 1
         col = len(self._arm_names)
         self._arm_names.append(name)
         self._col[name] = col
@@ -396,6 +415,7 @@ class KeyTable:
                 raise StateError(msg)
             self._default_active[col] = False
         act[rows, col] = False
+        self._changes += 1
         return rows
 
     def _table_dict(self) -> dict[str, Any]:
@@ -408,6 +428,7 @@ class KeyTable:
         }
 
     def _load_table(self, d: dict[str, Any]) -> None:
+        self._changes += 1
         keys = [str(k) for k in d["keys"]]
         self._keys = []
         self._row = {}

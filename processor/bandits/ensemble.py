@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from processor.bandits.base import BanditInputError, check_finite
+from processor.bandits.exp3ix_scalar import inverse_cdf, row_state, update_full_one, update_one
 from processor.bandits.keyed import KeyedExp3IX
 from processor.errors import ConfigError
 
@@ -138,13 +139,19 @@ class EnsembleWeightOptimizer:
         return _ALL if self.mode == "horizon" else horizon
 
     def _row(self, horizon: str) -> np.ndarray:
+        return np.array([self._row_index(horizon)], dtype=np.int64)
+
+    def _row_index(self, horizon: str) -> int:
+        """Row of the learner serving ``horizon`` (created on first use)."""
         key = self._key(horizon)
-        new = self.bandit.row_of(key) is None
+        row = self.bandit.row_of(key)
+        if row is not None:
+            return row
         rows = self.bandit.rows([key])
-        if new and self.mode == "family_horizon":
+        if self.mode == "family_horizon":
             mine = {arm_name(self.mode, f, horizon) for f in self.families}
             self.bandit.set_active(rows, [n in mine for n in self.bandit.arm_names])
-        return rows
+        return int(rows[0])
 
     def _arms_of(self, horizon: str) -> list[str]:
         """Arms whose weights are published for ``horizon``."""
@@ -173,8 +180,7 @@ class EnsembleWeightOptimizer:
 
     def total_steps(self, horizon: str) -> int:
         """Rounds absorbed by the learner serving ``horizon``."""
-        row = int(self._row(horizon)[0])
-        return int(self.bandit.total_steps[row])
+        return int(self.bandit._arr["total_steps"][self._row_index(horizon)])
 
     def _restricted(self, values: np.ndarray, horizon: str) -> dict[str, float]:
         names = self._arms_of(horizon)
@@ -186,11 +192,13 @@ class EnsembleWeightOptimizer:
 
     def get_bandit_weights(self, horizon: str) -> dict[str, float]:
         """Learned weights softmax(−η L̃) of ``horizon``'s arms (sum 1)."""
-        return self._restricted(self.bandit.weights(self._row(horizon))[0], horizon)
+        _, w = row_state(self.bandit, self._row_index(horizon))
+        return self._restricted(np.array(w), horizon)
 
     def get_probabilities(self, horizon: str) -> dict[str, float]:
         """Selection probabilities of ``horizon``'s arms (sum 1)."""
-        return self._restricted(self.bandit.probabilities(self._row(horizon))[0], horizon)
+        p, _ = row_state(self.bandit, self._row_index(horizon))
+        return self._restricted(np.array(p), horizon)
 
     def get_base_weights(self, horizon: str) -> dict[str, float]:
         """Base weights of ``horizon``'s arms, normalised."""
@@ -209,9 +217,9 @@ class EnsembleWeightOptimizer:
     def select(self, horizon: str) -> tuple[str, float]:
         """Draw an arm for ``horizon`` with its propensity (log it with the trade): the
         probability with which it was drawn, within the horizon's learner."""
-        rows = self._row(horizon)
-        arms, props = self.bandit.select(rows, np.array([self._rng.random()]))
-        return self.bandit.arm_names[int(arms[0])], float(props[0])
+        p, _ = row_state(self.bandit, self._row_index(horizon))
+        col = inverse_cdf(p, self._rng.random())
+        return self.bandit._arm_names[col], p[col]
 
     def update(
         self, family: str, horizon: str, reward: float, propensity: float | None = None
@@ -219,23 +227,26 @@ class EnsembleWeightOptimizer:
         """Bandit feedback (Exp3-IX): the played arm's reward in bps and its decision-time
         propensity (default: the current probability — only correct if nothing changed)."""
         name = arm_name(self.mode, family, horizon)
-        rows = self._row(horizon)
+        row = self._row_index(horizon)
         col = self.bandit.column(name)
-        p = float(self.bandit.probabilities(rows)[0, col]) if propensity is None else propensity
-        self.bandit.update(rows, [col], [reward], [p])
+        p = row_state(self.bandit, row)[0][col] if propensity is None else propensity
+        update_one(self.bandit, row, col, reward, p)
 
     def update_full(self, horizon: str, model_rewards: Mapping[str, float]) -> None:
         """Full information (Hedge): each model's own reward this round (absent = unobserved).
 
         Keys are arm names, or family names in ``family_horizon`` mode.
         """
-        rows = self._row(horizon)
-        matrix = np.full((1, len(self.bandit.arm_names)), np.nan)
+        self._key(horizon)
+        values = [math.nan] * len(self.bandit.arm_names)
         for name, value in model_rewards.items():
-            matrix[0, self.bandit.column(self._resolve(name, horizon))] = float(
-                check_finite("reward", value)
-            )
-        self.bandit.update_full(rows, matrix)
+            reward = float(value)
+            if not math.isfinite(reward):
+                msg = "reward must be finite (got NaN or inf)"
+                raise BanditInputError(msg)
+            values[self.bandit.column(self._resolve(name, horizon))] = reward
+        # the learner is created once the round is known to be valid
+        update_full_one(self.bandit, self._row_index(horizon), values)
 
     def update_contributions(
         self, horizon: str, reward: float, contributions: Mapping[str, float]

@@ -14,13 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from processor.bandits.base import (
-    BanditInputError,
-    FloatArray,
-    IntArray,
-    inverse_cdf_select,
-)
+from processor.bandits.base import BanditInputError, FloatArray, IntArray
 from processor.bandits.exp3ix_keyed import KeyedExp3IX
+from processor.bandits.exp3ix_scalar import RowView, inverse_cdf, next_eta, row_state, update_one
 from processor.errors import ConfigError, StateError
 
 __all__ = ["Exp3IXBandit", "KeyedExp3IX", "SingleKeyExp3View"]
@@ -69,27 +65,43 @@ class SingleKeyExp3View:
         self._rows = np.array([self._row], dtype=np.int64)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self._layout: tuple[bytes, list[int], list[str]] = (b"", [], [])
 
     def _cols(self) -> IntArray:
-        return np.flatnonzero(self.keyed.active[self._row]).astype(np.int64)
+        return np.array(self._active_cols(), dtype=np.int64)
+
+    def _active_cols(self) -> list[int]:
+        """Columns of the active arms (cached while the row's arm set is the same)."""
+        mask = self.keyed._arr["active"][self._row]
+        key = mask.tobytes()
+        if key != self._layout[0]:
+            cols = np.flatnonzero(mask).tolist()
+            names = self.keyed.arm_names
+            self._layout = (key, cols, [names[c] for c in cols])
+        return self._layout[1]
 
     def _col_of(self, arm: int) -> int:
-        cols = self._cols()
-        if not 0 <= int(arm) < cols.size:
-            msg = f"arm index {arm} out of range (n_arms={cols.size})"
+        cols = self._active_cols()
+        if not 0 <= int(arm) < len(cols):
+            msg = f"arm index {arm} out of range (n_arms={len(cols)})"
             raise BanditInputError(msg)
-        return int(cols[int(arm)])
+        return cols[int(arm)]
+
+    def _probs(self) -> list[float]:
+        """Probabilities of the active arms (scalar path, bit-identical to the keyed one)."""
+        p, _ = row_state(self.keyed, self._row)
+        return [p[c] for c in self._active_cols()]
 
     @property
     def arm_names(self) -> list[str]:
         """Names of the arms, in index order."""
-        names = self.keyed.arm_names
-        return [names[c] for c in self._cols()]
+        self._active_cols()
+        return list(self._layout[2])
 
     @property
     def n_arms(self) -> int:
         """Number of arms."""
-        return int(self._cols().size)
+        return len(self._active_cols())
 
     @property
     def total_steps(self) -> int:
@@ -99,21 +111,21 @@ class SingleKeyExp3View:
     @property
     def eta(self) -> float:
         """Learning rate of the next round."""
-        return float(self.keyed._next_eta(self._rows)[0])
+        return next_eta(self.keyed, RowView(self.keyed, self._row))
 
     def get_probabilities(self) -> FloatArray:
         """Probabilities of the next decision, one per arm (sum 1)."""
-        return np.asarray(self.keyed.probabilities(self._rows)[0, self._cols()])
+        return np.array(self._probs(), dtype=np.float64)
 
     def select_arm(self) -> int:
         """Draw an arm index from the current probabilities (seeded generator)."""
-        probs = self.get_probabilities()
-        u = np.array([self._rng.random()])
-        return int(inverse_cdf_select(probs[None, :], u)[0])
+        probs = self._probs()
+        return inverse_cdf(probs, self._rng.random())
 
     def get_weights(self) -> FloatArray:
         """Normalised weights softmax(−η L̃) (no uniform mixing)."""
-        return np.asarray(self.keyed.weights(self._rows)[0, self._cols()])
+        _, w = row_state(self.keyed, self._row)
+        return np.array([w[c] for c in self._active_cols()], dtype=np.float64)
 
     def get_weights_dict(self) -> dict[str, float]:
         """:meth:`get_weights` keyed by arm name."""
@@ -156,6 +168,7 @@ class SingleKeyExp3View:
             # in the prior, not in L̃: exact whatever η is (η > 0 here: K + 1 ≥ 2 arms)
             k.log_prior[self._row, col] = odds + float(np.logaddexp.reduce(z))
             k.loss_estimates[self._row, col] = 0.0
+            k._changes += 1
         return self.get_arm_index(arm_name)
 
     def remove_arm(self, arm_name: str) -> None:
@@ -262,8 +275,8 @@ class Exp3IXBandit(SingleKeyExp3View):
         """Absorb ``reward`` of ``arm``; ``propensity`` = its probability at decision time
         (default: the current one). NaN/inf raises :class:`BanditInputError`, nothing changes."""
         col = self._col_of(arm)
-        p = float(self.get_probabilities()[arm]) if propensity is None else propensity
-        self.keyed.update(self._rows, [col], [reward], [p])
+        p = self._probs()[arm] if propensity is None else propensity
+        update_one(self.keyed, self._row, col, reward, p)
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any], seed: int | None = None) -> Exp3IXBandit:

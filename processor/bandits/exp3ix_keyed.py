@@ -253,6 +253,7 @@ class KeyedExp3IX(KeyTable):
         np.add.at(arr["cumulative_rewards"], (r, a), rew)
         np.add.at(arr["arm_pulls"], (r, a), 1)
         np.add.at(arr["version"], r, 1)
+        self._changes += 1
 
     def update_full(self, rows: ArrayLike, rewards_matrix: ArrayLike) -> None:
         """Hedge: each row of ``rewards_matrix`` (n, K) is every arm's reward this round.
@@ -293,6 +294,7 @@ class KeyedExp3IX(KeyTable):
             np.add.at(arr["total_steps"], r, 1)
         np.add.at(arr["cumulative_rewards"], r, np.where(seen, m, 0.0))
         np.add.at(arr["version"], r, 1)
+        self._changes += 1
 
     # ---- fixed share: one event per key at a time --------------------------------------------
     def _in_levels(self, r: IntArray, step: Any) -> None:
@@ -358,6 +360,7 @@ class KeyedExp3IX(KeyTable):
             arr["arm_pulls"][fresh, col] = 0
             arr["cumulative_rewards"][fresh, col] = 0.0
             act[fresh, col] = True
+        self._changes += 1
         return col
 
     def remove_arm(self, name: str, key: str | None = None) -> None:
@@ -381,6 +384,7 @@ class KeyedExp3IX(KeyTable):
             msg = "every key needs at least one active arm"
             raise StateError(msg)
         self._arr["active"][r] = mask
+        self._changes += 1
 
     def set_warm_start(self, key: str, prior_weights: Mapping[str, float]) -> None:
         """Start ``key`` from prior weights π: ``b = ln(π / Σπ)``, ``L̃ = 0``.
@@ -403,6 +407,7 @@ class KeyedExp3IX(KeyTable):
         cols = [self._col[n] for n in names]
         self._arr["log_prior"][row, cols] = np.log(w / w.sum())
         self._arr["loss_estimates"][row, cols] = 0.0
+        self._changes += 1
 
     # ---- state --------------------------------------------------------------------------------
     def get_key_state(self, key: str) -> dict[str, Any]:
@@ -420,6 +425,7 @@ class KeyedExp3IX(KeyTable):
         self._init_rows(np.array([row], dtype=np.int64))
         cols = [self._col[n] if n in self._col else self._add_column(n) for n in names]
         load_key_state(self, row, cols, state)
+        self._changes += 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able full state (config and every key)."""

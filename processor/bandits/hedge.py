@@ -11,6 +11,7 @@ would make silence the best strategy. The anytime rate is the full-information o
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from numpy.typing import ArrayLike
 
 from processor.bandits.base import BanditInputError
 from processor.bandits.exp3ix import SingleKeyExp3View, _config_from_state
+from processor.bandits.exp3ix_scalar import update_full_one
 
 logger = logging.getLogger(__name__)
 
@@ -75,24 +77,25 @@ class Hedge(SingleKeyExp3View):
         Raises:
             BanditInputError: unknown arm name, wrong length, ±inf, or no arm reported.
         """
-        names = self.arm_names
-        row = np.full(len(self.keyed.arm_names), np.nan)
-        cols = self._cols()
+        cols = self._active_cols()
+        names = self._layout[2]
+        row = [math.nan] * len(self.keyed._arm_names)
         if isinstance(rewards, Mapping):
-            unknown = set(rewards) - set(names)
+            unknown = set(rewards).difference(names)
             if unknown:
                 msg = f"unknown arms {sorted(unknown)}"
                 raise BanditInputError(msg)
-            for i, name in enumerate(names):
+            for name, c in zip(names, cols, strict=True):
                 if name in rewards:
-                    row[cols[i]] = float(rewards[name])
+                    row[c] = float(rewards[name])
         else:
             values = np.asarray(rewards, dtype=np.float64)
             if values.shape != (len(names),):
                 msg = f"expected {len(names)} rewards, got shape {values.shape}"
                 raise BanditInputError(msg)
-            row[cols] = values
-        self.keyed.update_full(self._rows, row[None, :])
+            for c, v in zip(cols, values.tolist(), strict=True):
+                row[c] = v
+        update_full_one(self.keyed, self._row, row)
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any], seed: int | None = None) -> Hedge:

@@ -193,6 +193,7 @@ class KeyedThompson(KeyTable):
             succ[r, a] = np.maximum(succ[r, a], 0.0)
             fail[r, a] = np.maximum(fail[r, a], 0.0)
         np.add.at(self._arr["version"], r, 1)
+        self._changes += 1
 
     def propensities(self, rows: ArrayLike) -> FloatArray:
         """(len(rows), K) exact P(arm is argmax of a posterior draw); inactive arms 0.
@@ -275,6 +276,7 @@ class KeyedThompson(KeyTable):
         self._arr["failures"][fresh, col] = 0.0
         act[fresh, col] = True
         self._arr["_pver"][fresh] = -1
+        self._changes += 1
         return col
 
     def remove_arm(self, name: str, key: str | None = None) -> None:
@@ -313,6 +315,7 @@ class KeyedThompson(KeyTable):
         self._arr["failures"][row, cols] = np.asarray(state["failures"], dtype=np.float64)
         self._arr["version"][row] = int(state["version"])
         self._arr["last_event_ms"][row] = int(state["last_event_ms"])
+        self._changes += 1
 
     def get_key_states(self, keys: Sequence[str]) -> list[dict[str, Any]]:
         """:meth:`get_key_state` of many keys, with one array read per field."""
@@ -413,6 +416,7 @@ class KeyedThompson(KeyTable):
         arr["failures"][at] = failures
         arr["version"][rows] = version
         arr["last_event_ms"][rows] = last_event_ms
+        self._changes += 1
 
     def export_rows(self, rows: ArrayLike) -> dict[str, np.ndarray]:
         """Copies of the arrays of ``rows`` (fast path for changelog writers)."""

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from processor.bandits.base import BanditInputError, beta_credible_interval, check_finite
+from processor.bandits.exp3ix_scalar import inverse_cdf
 from processor.bandits.keyed import KeyedThompson
+from processor.bandits.thompson_drift import Drift
 from processor.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -163,30 +165,65 @@ class ThompsonSampling:
         self._row = int(self._rows[0])
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self._layout: tuple[bytes, dict[str, int], int] = (b"", {}, 0)
+        self._exact: tuple[int, list[float]] | None = None  # (table changes, propensities)
+        self._drift: Drift | None = None
 
     def _cols(self) -> np.ndarray:
         return np.flatnonzero(self.keyed.active[self._row])
 
+    def _active(self) -> dict[str, int]:
+        """Active arm name → column, in column order (cached while the arm set is the same)."""
+        mask = self.keyed._arr["active"][self._row]
+        key = mask.tobytes()
+        if key != self._layout[0]:
+            names = self.keyed.arm_names
+            cols = np.flatnonzero(mask).tolist()
+            self._layout = (key, {names[c]: c for c in cols}, cols[-1])
+        return self._layout[1]
+
     @property
     def arms(self) -> list[str]:
         """Active arm names in column order."""
-        names = self.keyed.arm_names
-        return [names[c] for c in self._cols()]
+        return list(self._active())
 
     def _col(self, arm: str) -> int:
-        if arm not in self.arms:
+        col = self._active().get(arm)
+        if col is None:
             msg = f"unknown arm {arm!r}"
             raise BanditInputError(msg)
-        return self.keyed.column(arm)
+        return col
+
+    def _exact_propensities(self) -> list[float]:
+        """Exact propensities over every column at the current state (cached)."""
+        changes = self.keyed._changes
+        if self._exact is None or self._exact[0] != changes:
+            probs = self.keyed.propensities(self._rows)[0].tolist()
+            self._exact = (changes, probs)
+            self._active()
+            self._drift = Drift(probs, self._layout[2], changes)
+        return self._exact[1]
 
     def select(self, deterministic: bool = False) -> str:
         """Thompson decision (probability matching on exact propensities) or, with
-        ``deterministic``, the best posterior mean."""
+        ``deterministic``, the best posterior mean.
+
+        The choice is the one :meth:`KeyedThompson.select` makes with this object's uniform,
+        but the exact propensities are only computed when the bounds on how far the updates
+        since the last computation moved them leave it open
+        (:mod:`processor.bandits.thompson_drift`).
+        """
         if deterministic:
             arms, _ = self.keyed.select_deterministic(self._rows)
-        else:
-            arms, _ = self.keyed.select(self._rows, np.array([self._rng.random()]))
-        return self.keyed.arm_names[int(arms[0])]
+            return self.keyed.arm_names[int(arms[0])]
+        u = self._rng.random()
+        col = None
+        drift = self._drift
+        if drift is not None and drift.changes == self.keyed._changes:
+            col = drift.choose(u)
+        if col is None:
+            col = inverse_cdf(self._exact_propensities(), u)
+        return self.keyed._arm_names[col]
 
     def update(
         self,
@@ -206,13 +243,35 @@ class ThompsonSampling:
         else:
             s = float(success)
         t = _to_ms(event_time)
-        times = None if t is None else np.array([t], dtype=np.int64)
-        self.keyed.update(self._rows, np.array([col]), np.array([s]), times)
+        k = self.keyed
+        if k.discount < 1.0 or not 0.0 <= s <= 1.0:  # discounting; errors: the keyed path
+            times = None if t is None else np.array([t], dtype=np.int64)
+            k.update(self._rows, np.array([col]), np.array([s]), times)
+            return
+        # one event without discount, as KeyedThompson.update adds it
+        row = self._row
+        arr = k._arr
+        succ, fail = arr["successes"], arr["failures"]
+        before_s, before_f = succ.item(row, col), fail.item(row, col)
+        if t is not None:
+            last = arr["last_event_ms"]
+            last[row] = max(last.item(row), t)
+        succ[row, col] = before_s + s
+        fail[row, col] = before_f + (1.0 - s)
+        arr["version"][row] = arr["version"].item(row) + 1
+        drift = self._drift
+        fresh = drift is not None and drift.changes == k._changes
+        k._changes += 1
+        if fresh and (s in (0.0, 1.0)):
+            assert drift is not None
+            alpha, beta = k.prior_alpha + before_s, k.prior_beta + before_f
+            if not drift.note(col, s == 1.0, alpha, beta, k._changes):
+                self._drift = None
 
     def propensities(self) -> dict[str, float]:
         """Exact P(arm is the argmax of a posterior draw), per arm (quadrature)."""
-        probs = self.keyed.propensities(self._rows)[0]
-        return {self.keyed.arm_names[c]: float(probs[c]) for c in self._cols()}
+        probs = self._exact_propensities()
+        return {name: probs[c] for name, c in self._active().items()}
 
     def posterior_means(self) -> dict[str, float]:
         """Posterior mean per arm."""

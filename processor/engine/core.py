@@ -17,10 +17,12 @@ from processor.config import AppConfig
 from processor.engine import outputs
 from processor.engine.attribution import join_outcomes, split_join_records, take_join_records
 from processor.engine.controls import apply_control
+from processor.engine.ensemble_publish import publish_weights
 from processor.engine.ensembles import EnsembleTable
 from processor.engine.outputs import DeadLetter, EngineOutputs, SourceBatch
 from processor.engine.requests import decide_requests
 from processor.engine.trades import process_trades
+from processor.engine.trades_columnar import TradeColumns, process_trade_columns
 from processor.errors import StateError
 from processor.join import RewardJoin
 from processor.kafka.columnar import Columns, decode_columns
@@ -324,20 +326,27 @@ class PartitionEngine:
             self.join.log_decisions(decisions)
 
     def _trades(self, source: SourceBatch, out: EngineOutputs) -> None:
-        records, idx = self._decode(source, "TradeOutcome", out)
-        if not records:
-            return
-        rejected, changed = process_trades(self.ensembles, records)
+        columnar = self._decode_columns(source, "TradeOutcome", out)
+        if columnar is not None:
+            cols, rows = columnar
+            if not rows.size:
+                return
+            n = int(rows.size)
+            trades = TradeColumns.from_columns(cols, rows)
+            rejected, changed = process_trade_columns(self.ensembles, trades)
+            idx: list[int] = rows.tolist()
+        else:
+            records, idx = self._decode(source, "TradeOutcome", out)
+            if not records:
+                return
+            n = len(records)
+            rejected, changed = process_trades(self.ensembles, records)
         for j, (error_class, reason) in rejected.items():
             self._dead(out, source, idx[j], error_class, reason)
-        out.trades_applied += len(records) - len(rejected)
+        out.trades_applied += n - len(rejected)
         self.dirty_ensembles.update(changed)
-        encode = self.serdes["EnsembleWeights"].encode
-        for key in sorted(changed):
-            # one record per learner that changed (per horizon in family_horizon mode)
-            for horizon in changed[key]:
-                snap = self.ensembles.snapshot(key, horizon or None)
-                out.weights.append((key.encode(), encode(snap)))
+        # one record per learner that changed (per horizon in family_horizon mode)
+        out.weights.extend(publish_weights(self.ensembles, self.serdes["EnsembleWeights"], changed))
 
     def _requests(self, source: SourceBatch, out: EngineOutputs, now_ms: int) -> None:
         p = source.partition

@@ -26,7 +26,6 @@ rewards were absorbed by the learner, the base weights before.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from processor.bandits.keyed import KeyedExp3IX
 from processor.config import EnsembleConfig
+from processor.engine.ensemble_publish import snapshot_many
 from processor.engine.ensemble_state import ensemble_state, load_ensemble_state
 from processor.errors import StateError
 
@@ -152,8 +152,40 @@ class EnsembleTable:
         created for a horizon that is not configured and has no arm)."""
         if create:
             self._create(keys)
-        lkeys = [self.learner_key(k, h) for k, h in zip(keys, horizons, strict=True)]
-        return self.bandit.rows(lkeys, create=False)
+        if not self.per_horizon:
+            return self.bandit.rows(keys, create=False)
+        # one learner key per distinct (ensemble, horizon): a batch has a handful of them
+        pairs = list(zip(keys, horizons, strict=True))
+        distinct = list(dict.fromkeys(pairs))
+        found = self.bandit.rows([f"{k}{_SEP}{h}" for k, h in distinct], create=False)
+        if len(distinct) == len(pairs):
+            return found
+        row_of = dict(zip(distinct, found.tolist(), strict=True))
+        return np.fromiter((row_of[p] for p in pairs), dtype=np.int64, count=len(pairs))
+
+    def learner_activity(self, horizons: Sequence[str], rows: np.ndarray) -> np.ndarray:
+        """(n, K) arms of each event's learner (``rows`` from :meth:`learner_rows`): its active
+        arms, or for a learner not created yet (row -1) those it will start with (none when its
+        horizon has no learner to create)."""
+        r = np.asarray(rows, dtype=np.int64)
+        out = self.bandit.active[np.maximum(r, 0)] if self.bandit.n_keys else None
+        k = len(self.bandit.arm_names)
+        if out is None:
+            out = np.zeros((r.size, k), dtype=bool)
+        new = np.flatnonzero(r < 0)
+        if not new.size:
+            return out
+        if not self.per_horizon:
+            out[new] = self.bandit.default_active
+            return out
+        configured = set(self.config.horizons)
+        masks: dict[str, np.ndarray] = {}
+        for i in new.tolist():
+            h = horizons[i]
+            if h not in masks:
+                masks[h] = self.horizon_mask(h) if h in configured else np.zeros(k, dtype=bool)
+            out[i] = masks[h]
+        return out
 
     def arm_index(self) -> dict[str, int]:
         """Column of each arm name (global; per-learner activity is in ``bandit.active``)."""
@@ -193,37 +225,7 @@ class EnsembleTable:
     def snapshot(self, key: str, horizon: str | None = None) -> dict[str, Any]:
         """Everything an EnsembleWeights record publishes for ``key`` (family_horizon: for
         ``horizon``, by default the one last updated)."""
-        h = self._horizon(key, horizon)
-        row = self.bandit.row_of(self.learner_key(key, h)) if self.has_key(key) else None
-        if row is None:
-            msg = f"no ensemble state for {key!r}" + (f" horizon {h!r}" if h else "")
-            raise StateError(msg)
-        rows = np.array([row], dtype=np.int64)
-        probs = self.bandit.probabilities(rows)[0]
-        bandit_w = self.bandit.weights(rows)[0]
-        names = self.bandit.arm_names
-        active = self.bandit.active[row]
-        prob_map = {n: float(p) for n, p, a in zip(names, probs, active, strict=True) if a}
-        bandit_map = {n: float(w) for n, w, a in zip(names, bandit_w, active, strict=True) if a}
-        base = self.base_weights(key, h)
-        steps = int(self.bandit.total_steps[row])
-        warm = steps >= self.config.warm_start_steps
-        alpha = self.config.blend_alpha if warm else 0.0
-        blended = {a: (1.0 - alpha) * base[a] + alpha * bandit_map[a] for a in base}
-        total = math.fsum(blended.values())
-        blended = {a: w / total for a, w in blended.items()}
-        return {
-            "ensemble_id": key,
-            "horizon": h if self.per_horizon else self.last_horizon.get(key, ""),
-            "mode": self.config.mode,
-            "weights": blended,
-            "bandit_weights": bandit_map,
-            "probabilities": prob_map,
-            "total_steps": steps,
-            "warm": warm,
-            "policy_version": int(self.bandit.version[row]),
-            "event_time": int(self.last_event_ms.get(self.learner_key(key, h), 0)),
-        }
+        return snapshot_many(self, [(key, horizon)])[0]
 
     def snapshots(self, key: str) -> list[dict[str, Any]]:
         """:meth:`snapshot` of every learner of ``key`` (one record per horizon)."""
@@ -232,13 +234,47 @@ class EnsembleTable:
         return [self.snapshot(key, h) for h in self.horizons_of(key)]
 
     # ---- updates ----------------------------------------------------------------------------
-    def note_events(self, keys: Sequence[str], horizons: Sequence[str], times: np.ndarray) -> None:
-        """Remember the latest horizon per ensemble and event time per learner."""
-        for key, horizon, t in zip(keys, horizons, times.tolist(), strict=True):
-            self.last_horizon[key] = horizon
-            lkey = self.learner_key(key, horizon)
-            if t > self.last_event_ms.get(lkey, -1):
-                self.last_event_ms[lkey] = int(t)
+    def note_events(
+        self,
+        keys: Sequence[str],
+        horizons: Sequence[str],
+        times: np.ndarray,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        """Remember the latest horizon per ensemble and event time per learner.
+
+        ``rows`` (the learner row of each event, when the caller has them) makes this a few
+        numpy operations over the distinct learners instead of a pass over the events.
+        """
+        if rows is None or not len(keys):
+            # the last event of each ensemble names its horizon (a dict keeps the last value)
+            self.last_horizon.update(zip(keys, horizons, strict=True))
+            latest: dict[str, int] = {}
+            for lkey, t in zip(self._learner_keys(keys, horizons), times.tolist(), strict=True):
+                if t > latest.get(lkey, -(2**63)):
+                    latest[lkey] = t
+        else:
+            r = np.asarray(rows, dtype=np.int64)
+            t = np.asarray(times, dtype=np.int64)
+            distinct, inverse = np.unique(r, return_inverse=True)
+            most = np.full(distinct.size, np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(most, inverse, t)
+            # each learner's last event, in event order: the last one per ensemble wins
+            last_at = np.full(distinct.size, -1, dtype=np.int64)
+            np.maximum.at(last_at, inverse, np.arange(r.size, dtype=np.int64))
+            for i in last_at[np.argsort(last_at)].tolist():
+                self.last_horizon[keys[i]] = horizons[i]
+            names = self.bandit.keys
+            latest = dict(zip([names[x] for x in distinct.tolist()], most.tolist(), strict=True))
+        last = self.last_event_ms
+        for lkey, ms in latest.items():
+            if ms > last.get(lkey, -1):
+                last[lkey] = int(ms)
+
+    def _learner_keys(self, keys: Sequence[str], horizons: Sequence[str]) -> Sequence[str]:
+        if not self.per_horizon:
+            return keys
+        return [f"{k}{_SEP}{h}" for k, h in zip(keys, horizons, strict=True)]
 
     def apply_bandit(
         self, rows: np.ndarray, arms: np.ndarray, rewards: np.ndarray, propensities: np.ndarray

@@ -113,7 +113,7 @@ def process_trades(
             if p is None or not math.isfinite(p) or not 0.0 < p <= 1.0:
                 rejected[j] = ("propensity", f"propensity must be in (0, 1], got {p}")
                 continue
-            col = resolve(j, rec.get("arm") or rec["family"], horizon)
+            col = resolve(j, rec.get("arm") or rec.get("family") or "", horizon)
             if col is None:
                 continue
             kind[j], arm_col[j], prop[j] = BANDIT, col, p
@@ -148,17 +148,23 @@ def process_trades(
     horizons = [r["horizon"] for r in records]
     # Arms must be active for the learner (a removed arm is as unknown as a never-seen one).
     existing = table.learner_rows(keys, horizons, create=False)
-    for j in np.flatnonzero((kind == BANDIT) & (existing >= 0)).tolist():
-        if not table.bandit.active[existing[j], arm_col[j]]:
-            rejected[j] = ("unknown_arm", f"arm {names[arm_col[j]]!r} is removed for {keys[j]!r}")
+    # A learner created by this batch starts with its default arms: an arm that is only a column
+    # (added for another ensemble) is not one of them, and would fail the update.
+    activity = table.learner_activity(horizons, existing)
+    # (an arm still to be added, arm_col -2, is checked in the pass after it is added)
+    for j in np.flatnonzero((kind == BANDIT) & (arm_col >= 0)).tolist():
+        if not activity[j, arm_col[j]]:
+            gone = "is removed for" if existing[j] >= 0 else "is not active for"
+            rejected[j] = ("unknown_arm", f"arm {names[arm_col[j]]!r} {gone} {keys[j]!r}")
             kind[j] = -1
-    for j in np.flatnonzero(((kind == FULL) | (kind == CONTRIB)) & (existing >= 0)).tolist():
+    for j in np.flatnonzero((kind == FULL) | (kind == CONTRIB)).tolist():
         cols = np.flatnonzero(~np.isnan(matrix[j]))
-        inactive = cols[~table.bandit.active[existing[j], cols]]
+        inactive = cols[~activity[j, cols]]
         if inactive.size:
+            gone = "removed for" if existing[j] >= 0 else "not active for"
             rejected[j] = (
                 "unknown_arm",
-                f"arm(s) {[names[c] for c in inactive]} removed for {keys[j]!r}",
+                f"arm(s) {[names[c] for c in inactive]} {gone} {keys[j]!r}",
             )
             kind[j] = -1
 

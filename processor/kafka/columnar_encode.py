@@ -7,6 +7,7 @@ group; the bytes equal ``fastavro.schemaless_writer``'s record by record (proper
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -70,6 +71,26 @@ def _fixed_block(cols: Sequence[Any], n: int) -> list[bytes]:
     return [raw[i : i + w] for i in range(0, n * w, w)]
 
 
+def _double_maps(maps: Sequence[Mapping[str, float]]) -> list[bytes]:
+    """Per row, an Avro ``map<double>`` as fastavro writes it: one block, then the end marker."""
+    names: dict[str, bytes] = {}
+    out = []
+    for m in maps:
+        if not m:
+            out.append(b"\x00")
+            continue
+        for name in m:
+            if name not in names:
+                names[name] = _string_parts([name])[0]
+        try:
+            values = struct.pack(f"<{len(m)}d", *m.values())
+        except struct.error as exc:
+            raise TypeError(str(exc)) from exc
+        body = b"".join(names[k] + values[8 * i : 8 * i + 8] for i, k in enumerate(m))
+        out.append(avro_long(len(m)) + body + b"\x00")
+    return out
+
+
 @cache
 def _writer_plan(name: str) -> tuple[tuple[str, str, Any], ...] | None:
     """``(field, kind, detail)`` per field for :func:`encode_columns`, ``None`` if not flat."""
@@ -85,6 +106,8 @@ def _writer_plan(name: str) -> tuple[tuple[str, str, Any], ...] | None:
             plan.append((f["name"], "enum", {s: avro_long(i) for i, s in enumerate(t["symbols"])}))
         elif isinstance(t, dict) and t.get("type") == "array" and t.get("items") == "string":
             plan.append((f["name"], "strings", None))
+        elif isinstance(t, dict) and t.get("type") == "map" and t.get("values") == "double":
+            plan.append((f["name"], "map_double", None))
         else:
             return None
     return tuple(plan)
@@ -94,8 +117,9 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
     """Encode ``n`` records given as columns; byte-identical to ``serde.encode`` per record.
 
     ``columns`` maps every field to a sequence of length ``n``: numpy arrays for numbers, str
-    sequences for strings and enum symbols, lists of str for ``array<string>``. Returns ``None``
-    when the schema is not flat or a registry is configured (callers then encode per record).
+    sequences for strings and enum symbols, lists of str for ``array<string>``, mappings for
+    ``map<double>``. Returns ``None`` when the schema is not flat or a registry is configured
+    (callers then encode per record).
     Values the schema cannot hold raise :class:`SerializationError` like ``encode`` does.
     """
     plan = _writer_plan(serde.name)
@@ -136,6 +160,8 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
                 parts.append([b"\x01" if v else b"\x00" for v in np.asarray(col, dtype=bool)])
             elif kind == "enum":
                 parts.append([detail[s] for s in col])
+            elif kind == "map_double":
+                parts.append(_double_maps(col))
             else:
                 cache_: dict[tuple[str, ...], bytes] = {}
                 out = []

@@ -10,6 +10,9 @@ Baselines:
   package; its Exp3 overflows on bps rewards, so it is fed rewards in [0, 1]);
 * ``object`` — this package's single-key object APIs, one call per event;
 * ``keyed`` — :class:`KeyedThompson` / :class:`KeyedExp3IX`, one call per batch.
+
+Then the per-event object API's cost of one select + update on a learning stream
+(:mod:`tests.perf.object_steps`; target ≤ 20 µs).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from processor.bandits import (
     ThompsonSampling,
     thompson_propensities,
 )
+from tests.perf import object_steps
 
 N_KEYS = 1_000
 ARMS = ["conservative", "balanced", "aggressive", "experimental"]
@@ -238,7 +242,8 @@ def bench_exp3(rng: np.random.Generator) -> dict[str, float]:
 def main() -> None:
     rng = np.random.default_rng(12345)
     np.random.seed(12345)
-    results = {"thompson": bench_thompson(rng), "exp3ix": bench_exp3(rng)}
+    results: dict[str, Any] = {"thompson": bench_thompson(rng), "exp3ix": bench_exp3(rng)}
+    steps = object_steps.run()
     meta = {
         "keys": N_KEYS,
         "arms": len(ARMS),
@@ -268,6 +273,14 @@ def main() -> None:
         "exp3ix_keyed_decisions_with_propensity>=2e5": ex["keyed_decisions_with_propensity_per_s"]
         >= targets["keyed_decisions_with_propensity_per_s"],
     }
+    print(
+        f"object API, one select + update ({steps['steps']:,} events per stream, "
+        f"seeds {steps['seeds']}; see tests/perf/object_steps.py):"
+    )
+    for name, fig in steps["classes"].items():
+        print(f"  {name:<24} {fig['us_per_step']:>8.1f} µs a step ({fig['min']}–{fig['max']})")
+        checks[f"{name}_select_update<=20us"] = fig["us_per_step"] <= 20.0
+    results["object_api"] = steps
     for name, ok in checks.items():
         print(f"target {name}: {'met' if ok else 'NOT met'}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
