@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from processor import metrics
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.engine import PartitionEngine
 from processor.kafka.clients import InstanceClaim, make_admin, restore_consumer_factory
-from processor.kafka.serde import SerdeRegistry
 from processor.kafka.topics import create_topics, partition_counts, partition_mismatches
+from processor.observability import metrics
 from processor.runtime import Stage
 from processor.state.changelog import read_changelog
 

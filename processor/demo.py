@@ -32,10 +32,10 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig, config_from_dict
 from processor.errors import ConfigError, ProcessorError
 from processor.kafka.clients import make_admin
-from processor.kafka.serde import SerdeRegistry
 from processor.kafka.topics import create_topics, partition_counts
 from processor.testing import (
     BOOTSTRAP_ENV,

@@ -17,9 +17,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.kafka.clients import admin_config
-from processor.kafka.serde import SerdeRegistry
 from processor.kafka.topics import partition_counts
 from processor.policy.simulator import MarketSimulator
 

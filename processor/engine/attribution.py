@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from processor import metrics_families as families
-from processor.engine.outputs import EngineOutputs, SourceBatch
+from processor.engine.outputs import EngineOutputs, SourceBatch, dead_letter
 from processor.errors import StateError
+from processor.observability import families
 from processor.policy.bidding import OutcomeBatch
 from processor.state.changelog import StoredState
 
@@ -33,7 +33,7 @@ def join_outcomes(
     assert engine.join is not None
     joined = engine.join.process(good, engine.policy, engine.campaigns)
     for j, error_class, reason in joined.rejected:
-        engine._dead(out, source, int(positions[j]), error_class, reason)
+        dead_letter(out, source, int(positions[j]), error_class, reason)
     count(joined.counts)
     out.join.update(joined.counts)
     out.outcomes_applied.extend(positions[joined.applied].tolist())

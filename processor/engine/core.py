@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
@@ -12,21 +11,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from processor import metrics_families as families
+from processor.codec.columnar import Columns
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
-from processor.engine import outputs
 from processor.engine.attribution import join_outcomes, split_join_records, take_join_records
 from processor.engine.controls import apply_control
+from processor.engine.decoding import decode_batch_columns, decode_records
 from processor.engine.ensemble_publish import publish_weights
 from processor.engine.ensembles import EnsembleTable
-from processor.engine.outputs import DeadLetter, EngineOutputs, SourceBatch
+from processor.engine.outputs import EngineOutputs, SourceBatch, dead_letter
 from processor.engine.requests import decide_requests
 from processor.engine.trades import process_trades
 from processor.engine.trades_columnar import TradeColumns, process_trade_columns
 from processor.errors import StateError
 from processor.join import RewardJoin
-from processor.kafka.columnar import Columns, decode_columns
-from processor.kafka.serde import SerdeRegistry
+from processor.observability import families
 from processor.policy.bidding import (
     BiddingState,
     BidPolicy,
@@ -34,38 +33,10 @@ from processor.policy.bidding import (
     OutcomeBatch,
 )
 from processor.state.changelog import StoredState
-from processor.state.packing import pack_campaigns, restore_campaigns
 
 logger = logging.getLogger(__name__)
 
 I64 = npt.NDArray[np.int64]
-
-# Fields whose strings are bounded by ``limits.max_string_length`` per record type.
-_STRING_FIELDS: dict[str, tuple[str, ...]] = {
-    "BidRequest": ("request_id", "campaign_id", "audience"),
-    "BidOutcome": ("request_id", "campaign_id", "arm"),
-    "TradeOutcome": ("trade_id", "ensemble_id", "symbol", "horizon", "family", "arm"),
-    "ControlCommand": ("command_id", "key", "arm", "issued_by", "reason"),
-}
-_MAP_FIELDS: dict[str, tuple[str, ...]] = {
-    "BidRequest": ("context",),
-    "TradeOutcome": ("model_rewards", "model_contributions"),
-    "ControlCommand": ("weights",),
-}
-# Numbers that must be finite when present. Checked before columns are built, because the policy's
-# batches use NaN to mean "missing": an explicit NaN must not slip through as "no value".
-_FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
-    "BidRequest": ("base_bid", "base_budget", "daily_budget", "spent_today", "target_cpa"),
-    "BidOutcome": ("spend", "revenue", "reward", "propensity", "budget", "target_cpa"),
-    "TradeOutcome": (),
-    "ControlCommand": (),
-}
-_KEY_FIELD = {
-    "BidRequest": "campaign_id",
-    "BidOutcome": "campaign_id",
-    "TradeOutcome": "ensemble_id",
-    "ControlCommand": "key",
-}
 
 
 class PartitionEngine:
@@ -103,141 +74,18 @@ class PartitionEngine:
         if self.join is not None:
             families.DECISION_LOG_ENTRIES.track(partition, self.join.log)
 
-    # ---- decoding ---------------------------------------------------------------------------
-    def _decode(
+    # ---- decoding: engine/decoding.py ------------------------------------------------------
+    def decode(
         self, source: SourceBatch, schema: str, out: EngineOutputs
     ) -> tuple[list[dict[str, Any]], list[int]]:
-        """Decode and structurally validate; everything rejected becomes a dead letter."""
-        limits = self.config.limits
-        values: list[bytes | None] = []
-        idx: list[int] = []
-        for i, value in enumerate(source.values):
-            if value is not None and len(value) > limits.max_message_bytes:
-                self._dead(
-                    out,
-                    source,
-                    i,
-                    "oversize",
-                    f"value of {len(value)} bytes exceeds "
-                    f"limits.max_message_bytes={limits.max_message_bytes}",
-                )
-                continue
-            values.append(value)
-            idx.append(i)
-        records, ok, failures = self.serdes[schema].decode_many(values)
-        for j, why in failures:
-            self._dead(out, source, idx[j], "decode", why)
-        kept: list[dict[str, Any]] = []
-        kept_idx: list[int] = []
-        for rec, j in zip(records, ok, strict=True):
-            i = idx[j]
-            rejected = self._check(rec, source.keys[i], schema)
-            if rejected is not None:
-                self._dead(out, source, i, *rejected)
-                continue
-            kept.append(rec)
-            kept_idx.append(i)
-        return kept, kept_idx
+        """Records of ``source`` that decode and pass the limits (see :func:`decode_records`)."""
+        return decode_records(self.serdes[schema], self.config.limits, source, schema, out)
 
-    def _check(
-        self, rec: Mapping[str, Any], key: bytes | None, schema: str
-    ) -> tuple[str, str] | None:
-        """``(error class, reason)`` if a decoded record breaks a limit or its key, else None."""
-        limits = self.config.limits
-        key_field = _KEY_FIELD[schema]
-        max_len = limits.max_string_length
-        max_map = limits.max_map_entries
-        for name in _STRING_FIELDS[schema]:
-            text = rec.get(name)
-            if text is not None and len(text) > max_len:
-                return "oversize", f"field {name} has {len(text)} characters (max {max_len})"
-        for name in _FLOAT_FIELDS[schema]:
-            number = rec.get(name)
-            if number is not None and not math.isfinite(number):
-                return "value", f"field {name} is {number} (must be a finite number)"
-        for name in _MAP_FIELDS.get(schema, ()):
-            entries = rec.get(name)
-            if entries is not None and len(entries) > max_map:
-                return "oversize", f"field {name} has {len(entries)} entries (max {max_map})"
-        if not rec[key_field]:
-            return "value", f"{key_field} is empty"
-        if key is not None and key != rec[key_field].encode():
-            return (
-                "key_mismatch",
-                f"message key {key!r} differs from "
-                f"{key_field}={rec[key_field]!r}; state would land on the wrong partition",
-            )
-        return None
-
-    def _decode_columns(
+    def decode_columns(
         self, source: SourceBatch, schema: str, out: EngineOutputs
     ) -> tuple[Columns, I64] | None:
-        """Columnar :meth:`_decode`: same dead letters, same order; kept rows as positions.
-
-        Returns ``None`` when the schema or wire format has no columnar decoder.
-        """
-        limits = self.config.limits
-        max_bytes = limits.max_message_bytes
-        values = source.values
-        if any(v is not None and len(v) > max_bytes for v in values):
-            # rare: keep the record path's exact handling of oversize messages
-            return None
-        decoded = decode_columns(self.serdes[schema], values, min_vectorized=outputs.MIN_VECTORIZED)
-        if decoded is None:
-            return None
-        cols, failures = decoded
-        n = len(values)
-        suspect = np.zeros(n, dtype=np.bool_)
-        for i, why in failures:
-            self._dead(out, source, i, "decode", why)
-            suspect[i] = True
-        failed = suspect.copy()
-        max_len = limits.max_string_length
-        for name in _STRING_FIELDS[schema]:
-            col = cols.data.get(name)
-            if col is not None:
-                suspect |= np.fromiter(map(len, col), dtype=np.int64, count=n) > max_len
-        for name in _FLOAT_FIELDS[schema]:
-            bad_number = ~np.isfinite(cols.data[name])
-            null = cols.null.get(name)
-            suspect |= bad_number if null is None else bad_number & ~null
-        for name in _MAP_FIELDS.get(schema, ()):
-            col = cols.data[name]
-            sizes = [0 if m is None else len(m) for m in col.tolist()]
-            suspect |= np.asarray(sizes, dtype=np.int64) > limits.max_map_entries
-        key_col = cols.data[_KEY_FIELD[schema]].tolist()
-        keys = source.keys
-        suspect |= np.fromiter(
-            (
-                not k or (m is not None and m != k.encode())
-                for m, k in zip(keys, key_col, strict=True)
-            ),
-            dtype=np.bool_,
-            count=n,
-        )
-        for i in np.flatnonzero(suspect & ~failed).tolist():
-            rejected = self._check(cols.record(i), keys[i], schema)
-            if rejected is not None:
-                self._dead(out, source, i, *rejected)
-            else:
-                suspect[i] = False
-        return cols, np.flatnonzero(~suspect)
-
-    @staticmethod
-    def _dead(
-        out: EngineOutputs, source: SourceBatch, i: int, error_class: str, reason: str
-    ) -> None:
-        out.dead_letters.append(
-            DeadLetter(
-                source.topic,
-                source.partition_of(i),
-                source.offsets[i],
-                source.keys[i],
-                source.values[i],
-                error_class,
-                reason,
-            )
-        )
+        """Columnar :meth:`decode` (see :func:`decode_batch_columns`)."""
+        return decode_batch_columns(self.serdes[schema], self.config.limits, source, schema, out)
 
     # ---- the batch --------------------------------------------------------------------------
     def process(
@@ -270,18 +118,18 @@ class PartitionEngine:
         return out
 
     def _controls(self, source: SourceBatch, out: EngineOutputs) -> None:
-        records, idx = self._decode(source, "ControlCommand", out)
+        records, idx = self.decode(source, "ControlCommand", out)
         for rec, i in zip(records, idx, strict=True):
             reason = apply_control(self, rec)
             if reason is not None:
-                self._dead(out, source, i, "command", reason)
+                dead_letter(out, source, i, "command", reason)
                 continue
             out.controls_applied += 1
             if rec["target"] == "ensemble" and self.ensembles.has_key(rec["key"]):
                 out.weights.append(self._encode_weights(rec["key"]))
 
     def _outcomes(self, source: SourceBatch, out: EngineOutputs) -> None:
-        columnar = self._decode_columns(source, "BidOutcome", out)
+        columnar = self.decode_columns(source, "BidOutcome", out)
         if columnar is not None:
             cols, rows = columnar
             if not rows.size:
@@ -289,7 +137,7 @@ class PartitionEngine:
             batch = OutcomeBatch.from_columns(cols, rows)
             idx: list[int] = rows.tolist()
         else:
-            records, idx = self._decode(source, "BidOutcome", out)
+            records, idx = self.decode(source, "BidOutcome", out)
             if not records:
                 return
             batch = OutcomeBatch.from_records(records)
@@ -301,7 +149,7 @@ class PartitionEngine:
                 if "propensity" in str(reasons[j])
                 else ("unknown_arm" if "arm" in str(reasons[j]) else "value")
             )
-            self._dead(out, source, idx[j], error_class, str(reasons[j]))
+            dead_letter(out, source, idx[j], error_class, str(reasons[j]))
         if bad.all():
             return
         kept = np.flatnonzero(~bad)
@@ -326,7 +174,7 @@ class PartitionEngine:
             self.join.log_decisions(decisions)
 
     def _trades(self, source: SourceBatch, out: EngineOutputs) -> None:
-        columnar = self._decode_columns(source, "TradeOutcome", out)
+        columnar = self.decode_columns(source, "TradeOutcome", out)
         if columnar is not None:
             cols, rows = columnar
             if not rows.size:
@@ -336,13 +184,13 @@ class PartitionEngine:
             rejected, changed = process_trade_columns(self.ensembles, trades)
             idx: list[int] = rows.tolist()
         else:
-            records, idx = self._decode(source, "TradeOutcome", out)
+            records, idx = self.decode(source, "TradeOutcome", out)
             if not records:
                 return
             n = len(records)
             rejected, changed = process_trades(self.ensembles, records)
         for j, (error_class, reason) in rejected.items():
-            self._dead(out, source, idx[j], error_class, reason)
+            dead_letter(out, source, idx[j], error_class, reason)
         out.trades_applied += n - len(rejected)
         self.dirty_ensembles.update(changed)
         # one record per learner that changed (per horizon in family_horizon mode)
@@ -376,7 +224,7 @@ class PartitionEngine:
         """``(kind, key, state)`` of dirty campaigns, read column-wise (a commit under load has
         a thousand of them; per key this costs ~25 µs of row lookups)."""
         states: Sequence[StoredState] = (
-            pack_campaigns(self.campaigns, keys)
+            self.campaigns.pack(keys)
             if self.config.state_format == "packed"
             else self.campaigns.get_key_states(keys)
         )
@@ -399,7 +247,7 @@ class PartitionEngine:
             if kind != "campaign":
                 msg = f"packed state for {kind} {key!r}: only campaign state is packed"
                 raise StateError(msg)
-            restore_campaigns(self.campaigns, [key], [state])
+            self.campaigns.restore_packed([key], [state])
         elif kind == "campaign":
             self.campaigns.set_key_state(key, state)
         elif kind == "ensemble":
@@ -422,7 +270,7 @@ class PartitionEngine:
         if set(map(type, values)) == {bytes} and set(map(itemgetter(0), states)) == {"campaign"}:
             # the usual partition, packed campaigns only (checked and split at C speed)
             keys = list(map(itemgetter(1), states))
-            restore_campaigns(self.campaigns, keys, values)  # type: ignore[arg-type]
+            self.campaigns.restore_packed(keys, values)  # type: ignore[arg-type]
             return
         packed_keys: list[str] = []
         packed: list[bytes] = []
@@ -443,7 +291,7 @@ class PartitionEngine:
         if json_keys:
             self.campaigns.set_key_states(json_keys, json_states)
         if packed_keys:
-            restore_campaigns(self.campaigns, packed_keys, packed)
+            self.campaigns.restore_packed(packed_keys, packed)
         for kind, key, state in others:
             self.restore(kind, key, state)
 

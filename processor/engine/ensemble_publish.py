@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from processor.codec.columnar_encode import encode_columns
+from processor.codec.serde import AvroSerde
 from processor.engine import outputs
 from processor.errors import StateError
-from processor.kafka.columnar_encode import encode_columns
-from processor.kafka.serde import AvroSerde
 
 if TYPE_CHECKING:
     from processor.engine.ensembles import EnsembleTable

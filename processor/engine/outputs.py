@@ -118,3 +118,21 @@ class EngineOutputs:
         self.arms_chosen.update(other.arms_chosen)
         self.join.update(other.join)
         self.outcomes_applied.extend(other.outcomes_applied)
+
+
+def dead_letter(
+    out: EngineOutputs, source: SourceBatch, i: int, error_class: str, reason: str
+) -> None:
+    """Add a dead letter for message ``i`` of ``source`` to ``out``: the message as it came (topic,
+    partition, offset, key, value), the error class and the reason."""
+    out.dead_letters.append(
+        DeadLetter(
+            source.topic,
+            source.partition_of(i),
+            source.offsets[i],
+            source.keys[i],
+            source.values[i],
+            error_class,
+            reason,
+        )
+    )

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from processor.codec.columnar_encode import encode_columns
 from processor.engine import outputs
-from processor.engine.outputs import EngineOutputs, MergedSource, SourceBatch
-from processor.kafka.columnar_encode import encode_columns
+from processor.engine.outputs import EngineOutputs, MergedSource, SourceBatch, dead_letter
 from processor.policy.batches import DecisionBatch, RequestBatch
 from processor.policy.bidding import LookedUp
 from processor.policy.safety import GUARDRAIL_NAMES
@@ -47,13 +47,13 @@ def decide_requests(
     first = engines[parts[0]]
     merged = MergedSource([sources[p] for p in parts])
     rejected = EngineOutputs()  # dead letters in merged order, routed to partitions below
-    columnar = first._decode_columns(merged, "BidRequest", rejected)
+    columnar = first.decode_columns(merged, "BidRequest", rejected)
     batch: RequestBatch | None
     if columnar is not None:
         cols, idx = columnar
         batch = RequestBatch.from_columns(cols, idx) if idx.size else None
     else:
-        records, kept = first._decode(merged, "BidRequest", rejected)
+        records, kept = first.decode(merged, "BidRequest", rejected)
         batch = RequestBatch.from_records(records) if records else None
         idx = np.asarray(kept, dtype=np.int64)
     good_pos = np.zeros(0, dtype=np.int64)
@@ -61,7 +61,7 @@ def decide_requests(
         reasons = first.policy.validate_requests(batch)
         bad = np.array([r is not None for r in reasons], dtype=bool)
         for j in np.flatnonzero(bad).tolist():
-            first._dead(rejected, merged, int(idx[j]), "value", str(reasons[j]))
+            dead_letter(rejected, merged, int(idx[j]), "value", str(reasons[j]))
         good_pos = np.flatnonzero(~bad)
     for dead in rejected.dead_letters:
         outs[dead.source_partition].dead_letters.append(dead)

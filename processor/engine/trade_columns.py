@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from processor.kafka.columnar import Columns
+from processor.codec.columnar import Columns
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class TradeColumns:
 
     @classmethod
     def from_columns(cls, cols: Columns, rows: I64) -> TradeColumns:
-        """The ``rows`` of a columnar decode (:func:`processor.kafka.columnar.decode_columns`)."""
+        """The ``rows`` of a columnar decode (:func:`processor.codec.columnar.decode_columns`)."""
         d, null = cols.data, cols.null
         arm = d["arm"][rows].tolist()
         family = d["family"][rows].tolist()

@@ -99,7 +99,7 @@ class RequestBatch:
 
     @classmethod
     def from_columns(cls, columns: Any, rows: I64) -> RequestBatch:
-        """Columns from a columnar-decoded BidRequest batch (``processor.kafka.columnar.Columns``).
+        """Columns from a columnar-decoded BidRequest batch (``processor.codec.columnar.Columns``).
 
         Same values as :meth:`from_records` on the same rows, without building a dict per record.
         """
@@ -172,7 +172,7 @@ class OutcomeBatch:
 
     @classmethod
     def from_columns(cls, columns: Any, rows: I64) -> OutcomeBatch:
-        """Columns from a columnar-decoded BidOutcome batch (``processor.kafka.columnar.Columns``).
+        """Columns from a columnar-decoded BidOutcome batch (``processor.codec.columnar.Columns``).
 
         Same values as :meth:`from_records` on the same rows, without building a dict per record.
         """

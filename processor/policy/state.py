@@ -22,6 +22,7 @@ from processor.bandits.keyed import KeyedThompson
 from processor.errors import StateError
 from processor.policy.bidding_config import BiddingConfig
 from processor.policy.monitor import SafetyState
+from processor.state.packing import pack_columns, unpack_columns
 
 logger = logging.getLogger(__name__)
 
@@ -206,3 +207,49 @@ class BiddingState:
     def in_emergency(self, key: str) -> bool:
         """Whether one campaign is in emergency mode."""
         return bool(self.safety.emergency[self.row(key)])
+
+    def pack(self, keys: Sequence[str]) -> list[bytes]:
+        """Packed state (:mod:`processor.state.packing`, current layout) of each of ``keys``
+        (created if new)."""
+        if not keys:
+            return []
+        rows = self.rows(list(keys))
+        thompson = self.thompson.export_rows(rows)
+        count, total, total_sq = self.value.stats(rows)
+        cols = {
+            **self.safety.get_rows_columns(rows),
+            "active": thompson["active"],
+            "successes": thompson["successes"],
+            "failures": thompson["failures"],
+            "count": count,
+            "total": total,
+            "total_sq": total_sq,
+            "version": thompson["version"],
+            "last_event_ms": thompson["last_event_ms"],
+        }
+        return pack_columns(self.thompson.arm_names, cols)
+
+    def restore_packed(self, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
+        """Load packed states (any readable layout) into ``keys``; equals ``set_key_state`` per
+        key.
+
+        Raises:
+            StateError: A blob is malformed.
+        """
+        all_rows = self.rows(list(keys))  # new rows in the given order, as key by key
+        for arms, idx, cols in unpack_columns(blobs):
+            rows = all_rows[idx]
+            version, last = cols["version"], cols["last_event_ms"]
+            self.thompson.set_rows_columns(
+                rows, arms, cols["successes"], cols["failures"], version, last
+            )
+            self.value.set_rows_columns(
+                rows,
+                arms,
+                cols["count"],
+                cols["total"],
+                cols["total_sq"],
+                version=version,
+                last_event_ms=last,
+            )
+            self.safety.set_rows_columns(rows, cols["safety"])

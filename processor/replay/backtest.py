@@ -38,11 +38,11 @@ import numpy as np
 import numpy.typing as npt
 
 from processor.bandits.rewards import trade_reward_bps
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.engine import DeadLetter, PartitionEngine, SourceBatch
 from processor.engine.ensembles import EnsembleTable, arm_for
 from processor.errors import StateError
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import OutcomeBatch
 from processor.replay.source import RawRecord, iso
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from processor.codec.serde import SerdeRegistry, make_registry_client
 from processor.config import AppConfig
 from processor.errors import ConfigError, ProcessorError
 from processor.kafka.clients import admin_config
-from processor.kafka.serde import SerdeRegistry, make_registry_client
 from processor.replay.backtest import BacktestResult, Progress, run_backtest
 from processor.replay.report import build_report, write_report
 from processor.replay.source import (

@@ -28,10 +28,10 @@ from typing import Any, NamedTuple
 import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.errors import ConfigError, ProcessorError
 from processor.kafka.clients import admin_config
-from processor.kafka.serde import SerdeRegistry
 
 logger = logging.getLogger(__name__)
 

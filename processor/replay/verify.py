@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.engine import PartitionEngine
 from processor.engine.controls import apply_control
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import DecisionBatch, OutcomeBatch, RequestBatch
 from processor.policy.safety import GUARDRAIL_NAMES
 from processor.replay.joined import JoinedEvents, join_events

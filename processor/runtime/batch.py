@@ -10,11 +10,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from processor import metrics
 from processor.engine import EngineOutputs, PartitionEngine, SourceBatch
 from processor.engine.requests import decide_requests
 from processor.errors import TransactionError
 from processor.kafka.errors import auth_error
+from processor.observability import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from processor import metrics
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.engine import EngineOutputs
-from processor.kafka.serde import SerdeRegistry
 from processor.kafka.transaction import AbortRequiredError
+from processor.observability import metrics
 from processor.runtime.outputs import OutputProducer
 from processor.runtime.partitions import Partitions
 from processor.state.changelog import encode_state_records

@@ -18,7 +18,7 @@ from processor.kafka.transaction import (
     ProducerFailedError,
     ProducerFencedError,
 )
-from processor.metrics_http import Health
+from processor.observability.http import Health
 from processor.runtime.batch import Batch
 
 logger = logging.getLogger(__name__)

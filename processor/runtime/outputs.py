@@ -22,9 +22,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from processor import metrics
 from processor.kafka.errors import auth_error, error_of
 from processor.kafka.transaction import AbortRequiredError, ProducerFailedError, Transactions
+from processor.observability import metrics
 
 logger = logging.getLogger(__name__)
 

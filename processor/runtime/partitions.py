@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 
 from confluent_kafka import TopicPartition
 
-from processor import metrics
 from processor.engine import PartitionEngine
+from processor.observability import metrics
 
 TP = tuple[str, int]
 

@@ -11,14 +11,14 @@ import time
 
 from confluent_kafka import Consumer, TopicPartition
 
-from processor import metrics
 from processor.errors import KafkaAuthError, ProcessorError
 from processor.kafka.transaction import (
     AbortRequiredError,
     ProducerFailedError,
     ProducerFencedError,
 )
-from processor.metrics_http import Health
+from processor.observability import metrics
+from processor.observability.http import Health
 from processor.runtime.commit import CommitCycle
 from processor.runtime.faults import PoisonTracker
 from processor.runtime.partitions import Partitions

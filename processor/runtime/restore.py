@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable
 
 from confluent_kafka import Consumer
 
-from processor import metrics
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.engine import PartitionEngine
-from processor.kafka.serde import SerdeRegistry
+from processor.observability import metrics
 from processor.state.changelog import iter_changelog
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException
 
-from processor import metrics
+from processor.codec.serde import SerdeRegistry, make_registry_client
 from processor.config import AppConfig
 from processor.engine import EngineOutputs, PartitionEngine
 from processor.errors import (
@@ -40,12 +40,12 @@ from processor.errors import (
 )
 from processor.kafka.clients import Clients
 from processor.kafka.errors import CLIENT_ERRORS
-from processor.kafka.serde import SerdeRegistry, make_registry_client
 from processor.kafka.transaction import (
     AbortRequiredError,
     ProducerFailedError,
     ProducerFencedError,
 )
+from processor.observability import metrics
 from processor.runtime.batch import Batch, group_messages, record_metrics, run_engines
 from processor.runtime.commit import CommitCycle
 from processor.runtime.faults import (

@@ -24,10 +24,10 @@ from typing import Any, TypeAlias
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from processor import __version__
+from processor.codec.columnar import decode_columns
+from processor.codec.columnar_encode import avro_long
+from processor.codec.serde import AvroSerde
 from processor.errors import StateError
-from processor.kafka.columnar import decode_columns
-from processor.kafka.columnar_encode import avro_long
-from processor.kafka.serde import AvroSerde
 
 logger = logging.getLogger(__name__)
 

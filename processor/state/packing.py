@@ -24,20 +24,19 @@ restores the Beta counts, version, clock and emergency flag; the value posterior
 prior and the evidence empty (EWMAs are not sufficient statistics).
 
 The field lists are fixed here; a unit test fails if the state's fields change without a new
-layout version.
+layout version. This module knows bytes and columns only: the policy's state
+(:meth:`processor.policy.state.BiddingState.pack` / ``restore_packed``) hands it the columns of
+its rows and loads the columns it gets back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from processor.errors import StateError
-
-if TYPE_CHECKING:
-    from processor.policy.state import BiddingState
 
 LAYOUT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -123,33 +122,31 @@ def _parse_header(blob: bytes) -> tuple[bytes, int, tuple[str, ...]]:
     return blob[:pos], blob[0], tuple(names)
 
 
-def pack_campaigns(state: BiddingState, keys: Sequence[str]) -> list[bytes]:
-    """Packed state (layout 2) of each of ``keys`` (created if new), column-wise."""
-    n = len(keys)
+def pack_columns(arm_names: Sequence[str], cols: Mapping[str, Any]) -> list[bytes]:
+    """Packed state (layout 2) of each row of ``cols``, column-wise.
+
+    Args:
+        arm_names: The names of the K arm columns of the per-arm arrays.
+        cols: ``active`` (n × K bool: the arms of each campaign), ``successes``, ``failures`` and
+            every :data:`VALUE_FIELDS` (n × K), ``version`` and ``last_event_ms`` (n), every
+            :data:`SAFETY_FLAGS` and :data:`SAFETY_FLOATS` (n).
+    """
+    active = np.asarray(cols["active"], dtype=np.bool_)
+    n = active.shape[0]
     if n == 0:
         return []
-    rows = state.rows(list(keys))
-    thompson = state.thompson.export_rows(rows)
-    value = state.value.stats(rows)
-    safety = state.safety.get_rows_columns(rows)
-    names = state.thompson.arm_names
-    active = thompson["active"]
     masks, group = np.unique(active, axis=0, return_inverse=True)
     group = group.reshape(-1)
     out: list[bytes] = [b""] * n
     for g, mask in enumerate(masks):
-        cols = np.flatnonzero(mask)
-        header = _header([names[c] for c in cols])
+        arms = np.flatnonzero(mask)
+        header = _header([arm_names[int(c)] for c in arms])
         idx = np.flatnonzero(group == g)
-        rec = np.zeros(idx.size, dtype=campaign_dtype(cols.size))
-        rec["successes"] = thompson["successes"][idx][:, cols]
-        rec["failures"] = thompson["failures"][idx][:, cols]
-        for name, stat in zip(VALUE_FIELDS, value, strict=True):
-            rec[name] = stat[idx][:, cols]
-        rec["version"] = thompson["version"][idx]
-        rec["last_event_ms"] = thompson["last_event_ms"][idx]
-        for name in (*SAFETY_FLAGS, *SAFETY_FLOATS):
-            rec[name] = safety[name][idx]
+        rec = np.zeros(idx.size, dtype=campaign_dtype(arms.size))
+        for name in ("successes", "failures", *VALUE_FIELDS):
+            rec[name] = cols[name][idx][:, arms]
+        for name in ("version", "last_event_ms", *SAFETY_FLAGS, *SAFETY_FLOATS):
+            rec[name] = cols[name][idx]
         raw = rec.tobytes()
         w = rec.dtype.itemsize
         blobs = [header + raw[i : i + w] for i in range(0, idx.size * w, w)]
@@ -204,20 +201,31 @@ def _is_v1(rec: Any) -> bool:
     return "count" not in (rec.dtype.names or ())
 
 
-def restore_campaigns(state: BiddingState, keys: Sequence[str], blobs: Sequence[bytes]) -> None:
-    """Load packed states into ``state`` (equals ``set_key_state`` per key)."""
-    all_rows = state.rows(list(keys))  # new rows in the given order, as key by key
+def unpack_columns(
+    blobs: Sequence[bytes],
+) -> list[tuple[tuple[str, ...], Any, dict[str, Any]]]:
+    """Decode blobs into groups ``(arm names, index array into blobs, columns)``: the columns
+    :func:`pack_columns` takes, per arm for the group's arms (a layout-1 blob gives an empty
+    value posterior and empty evidence), ``safety`` holding the guardrail columns.
+
+    Raises:
+        StateError: A blob is malformed (unknown layout, bad arm list, wrong length).
+    """
+    out = []
     for arms, idx, rec in unpack_groups(blobs):
-        rows = all_rows[idx]
-        version, last = rec["version"], rec["last_event_ms"]
-        state.thompson.set_rows_columns(
-            rows, arms, rec["successes"], rec["failures"], version, last
-        )
         v1 = _is_v1(rec)
-        zeros = np.zeros((rows.size, len(arms)))
-        stats = [zeros] * 3 if v1 else [rec[f] for f in VALUE_FIELDS]
-        state.value.set_rows_columns(rows, arms, *stats, version=version, last_event_ms=last)
-        state.safety.set_rows_columns(rows, _safety_columns(rec, v1))
+        zeros = np.zeros((rec.shape[0], len(arms)))
+        cols: dict[str, Any] = {
+            "successes": rec["successes"],
+            "failures": rec["failures"],
+            "version": rec["version"],
+            "last_event_ms": rec["last_event_ms"],
+            "safety": _safety_columns(rec, v1),
+        }
+        for name in VALUE_FIELDS:
+            cols[name] = zeros if v1 else rec[name]
+        out.append((arms, idx, cols))
+    return out
 
 
 def _safety_columns(rec: Any, v1: bool) -> dict[str, Any]:

@@ -19,11 +19,11 @@ import numpy as np
 import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from processor.codec.serde import SerdeRegistry
 from processor.commands import key_state_view
 from processor.config import AppConfig, TopicsConfig, config_from_dict
 from processor.engine import PartitionEngine
 from processor.kafka.clients import make_admin
-from processor.kafka.serde import SerdeRegistry
 from processor.kafka.topics import create_topics
 from processor.state.changelog import read_changelog
 from processor.testing import free_port, stage_ready, stop_process, unique_name, wait_for

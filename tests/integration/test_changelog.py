@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer
 
+from processor.codec.serde import AvroSerde, SerdeRegistry, legacy_writer_schemas
 from processor.config import config_from_dict
 from processor.engine import PartitionEngine
 from processor.kafka.clients import restore_consumer_factory
-from processor.kafka.serde import AvroSerde, SerdeRegistry, legacy_writer_schemas
 from processor.state.changelog import encode_state_records, iter_changelog, read_changelog
-from processor.state.packing import pack_campaigns
 
 if TYPE_CHECKING:
     from tests.integration.conftest import ProducerFactory, TopicFactory
@@ -136,7 +135,7 @@ def test_restore_reads_packed_json_and_pre_0_2_records_in_one_partition(
     source.campaigns.thompson._arr["successes"][rows, 0] = np.arange(6) + 0.5
     source.campaigns.safety.emergency[rows[::2]] = True
     want = {k: source.campaigns.get_key_state(k) for k in keys}
-    packed = dict(zip(keys, pack_campaigns(source.campaigns, keys), strict=True))
+    packed = dict(zip(keys, source.campaigns.pack(keys), strict=True))
     old_schema = legacy_writer_schemas("StateRecord")[0]
     producer = producer_factory(transactional=True)
     producer.begin_transaction()

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from processor.kafka.serde import AvroSerde
+from processor.codec.serde import AvroSerde
 from processor.testing import wait_for
 from tests.integration.stagekit import (
     StageProcess,

@@ -9,7 +9,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from processor.cli import build_parser
-from processor.kafka.serde import SerdeRegistry
+from processor.codec.serde import SerdeRegistry
 from processor.replay.commands import export, replay
 from processor.replay.source import read_topics
 from processor.simulate import run_simulation

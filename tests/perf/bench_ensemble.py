@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from processor.bandits import EnsembleWeightOptimizer
+from processor.codec.serde import SerdeRegistry
 from processor.config import config_from_dict
 from processor.engine import PartitionEngine, SourceBatch
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 from processor.replay.ope import cross_fitted_q, doubly_robust, ips, snips
 from tests.perf.ope_coverage import SCENARIOS, coverage

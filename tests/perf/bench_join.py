@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig, AttributionConfig
 from processor.engine import PartitionEngine, SourceBatch
 from processor.join import DecisionLog
-from processor.kafka.serde import SerdeRegistry
 from processor.state.joinlog import ENTRY, NO_TIME, ROW
 from tests.perf import inputs
 from tests.perf.kit import machine

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from processor.kafka.serde import SerdeRegistry
+from processor.codec.serde import SerdeRegistry
 from processor.policy.bidding import BiddingConfig
 from processor.policy.simulator import MarketSimulator
 

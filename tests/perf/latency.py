@@ -19,7 +19,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from processor.kafka.serde import SerdeRegistry, parsed_schema
+from processor.codec.serde import SerdeRegistry, parsed_schema
 from processor.policy.simulator import MarketSimulator
 from processor.testing import free_port, stage_ready, stop_process, unique_name, wait_for
 from tests.perf.kit import PARTITIONS, metric_value, spawn, stage_config

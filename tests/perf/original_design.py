@@ -31,9 +31,9 @@ from typing import Any
 import fastavro
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from processor.codec.serde import parsed_schema
 from processor.config import load_config
 from processor.kafka.clients import consumer_config, producer_config
-from processor.kafka.serde import parsed_schema
 from tests.perf.bench_bandits import OriginalExp3, OriginalThompsonArm
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from quixstreams import Application, State
 from quixstreams.models.serializers.avro import AvroDeserializer
 
-from processor.kafka.serde import load_schema_json, strip_logical_types
+from processor.codec.serde import load_schema_json, strip_logical_types
 
 
 def main(argv: list[str]) -> int:

@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Producer
 
-from processor.kafka.serde import SerdeRegistry
+from processor.codec.serde import SerdeRegistry
 from processor.policy.bidding import BiddingConfig, BiddingState, BidPolicy, OutcomeBatch
 from processor.state.changelog import StoredState, encode_state_records
-from processor.state.packing import pack_campaigns
 from processor.testing import free_port, stage_ready, stop_process, wait_for
 from tests.perf.kit import PARTITIONS, metric_value, spawn, stage_config
 
@@ -70,7 +69,7 @@ def run_restore(
     if state_format == "packed":
         holder = BiddingState(BiddingConfig())
         holder.set_key_state("c", sample)
-        state = pack_campaigns(holder, ["c"])[0]
+        state = holder.pack(["c"])[0]
     serde = SerdeRegistry()["StateRecord"]
     t0 = time.monotonic()
     producer = Producer(

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Producer
 
+from processor.codec.serde import SerdeRegistry
 from processor.join import DecisionLog
-from processor.kafka.serde import SerdeRegistry
 from processor.state.changelog import encode_state_records
 from processor.state.joinlog import NO_TIME, ROW
 from processor.testing import acquire_broker, free_port, stage_ready, stop_process, wait_for

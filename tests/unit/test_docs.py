@@ -68,7 +68,7 @@ def test_readme_commands_exist() -> None:
 
 
 def test_every_exported_metric_is_in_the_readme() -> None:
-    from processor.metrics import REGISTRY
+    from processor.observability.metrics import REGISTRY
 
     names = {metric.name for metric in REGISTRY.collect()}
     section = README.split("## Operations", 1)[1].split("\n## ", 1)[0]

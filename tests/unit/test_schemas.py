@@ -11,7 +11,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from processor.kafka.serde import SCHEMA_NAMES, load_schema_json, packaged_schema, schema_dir
+from processor.codec.serde import SCHEMA_NAMES, load_schema_json, packaged_schema, schema_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from processor import metrics
+from processor.observability import metrics
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 METRIC_NAME = re.compile(r"\bbandit_processor_[a-z0-9_]+")

@@ -1,4 +1,4 @@
-"""processor.metrics: the gauge exporter, bounded label sets and the exposition format."""
+"""observability.metrics: the gauge exporter, bounded label sets and the exposition format."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import generate_latest
 
-from processor import metrics
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.engine import PartitionEngine
-from processor.kafka.serde import SerdeRegistry
+from processor.observability import metrics
 from processor.testing import unique_name
 from tests.unit.deploy.promkit import promtool
 
@@ -189,7 +189,7 @@ def test_arm_label_caps_the_label_set(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_array_histogram_exposes_what_a_histogram_of_the_same_values_would() -> None:
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from processor.metrics_families import ArrayHistogram
+    from processor.observability.families import ArrayHistogram
 
     bounds = (0.001, 0.01, 0.1, 0.15, 1.0, 10.0)
     rng = np.random.default_rng(4)

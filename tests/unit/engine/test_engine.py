@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig, config_from_dict
 from processor.engine import PartitionEngine, SourceBatch
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 
 SERDES = SerdeRegistry()

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from processor.bandits import EnsembleWeightOptimizer, Exp3IXBandit, Hedge
+from processor.codec.serde import SerdeRegistry
 from processor.config import config_from_dict
 from processor.engine import PartitionEngine, SourceBatch
-from processor.kafka.serde import SerdeRegistry
 from processor.state.changelog import parse_changelog_key
 
 FIXTURE = json.loads(

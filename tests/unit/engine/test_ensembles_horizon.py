@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import config_from_dict
 from processor.engine import PartitionEngine, SourceBatch
-from processor.kafka.serde import SerdeRegistry
 
 SERDES = SerdeRegistry()
 FAMILIES = ["lightgbm", "xgboost", "ridge"]

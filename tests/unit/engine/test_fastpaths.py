@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from processor import __version__
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.engine import EngineOutputs, PartitionEngine, SourceBatch
-from processor.engine import core as engine_core
+from processor.engine import decoding as engine_decoding
 from processor.engine import outputs as engine_outputs
 from processor.engine import requests as engine_requests
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 from processor.state.changelog import encode_state_records
-from processor.state.packing import campaign_state_dicts, pack_campaigns
+from processor.state.packing import campaign_state_dicts
 
 SERDES = SerdeRegistry()
 CFG = AppConfig()
@@ -93,7 +93,7 @@ def _batch(
 
 def _run(slow: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
     if slow:
-        monkeypatch.setattr(engine_core, "decode_columns", lambda *a, **k: None)
+        monkeypatch.setattr(engine_decoding, "decode_columns", lambda *a, **k: None)
         monkeypatch.setattr(engine_requests, "encode_columns", lambda *a: None)
     engine = PartitionEngine(CFG, 0, SERDES)
     t = CFG.topics
@@ -176,7 +176,7 @@ def test_restore_many_equals_key_by_key_restore(state_format: str) -> None:
         holder.restore_many(states)
         for i, (kind, key) in enumerate(list(states)):
             if state_format == "packed" or i % 2:
-                states[(kind, key)] = pack_campaigns(holder.campaigns, [key])[0]
+                states[(kind, key)] = holder.campaigns.pack([key])[0]
     one, many = PartitionEngine(CFG, 0, SERDES), PartitionEngine(CFG, 0, SERDES)
     many.campaigns.row(keys[5])  # an existing row is overwritten, not duplicated
     one.campaigns.row(keys[5])

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processor.codec.columnar_encode import encode_columns
+from processor.codec.serde import SerdeRegistry
 from processor.config import config_from_dict
 from processor.engine import PartitionEngine, SourceBatch
-from processor.engine import core as engine_core
+from processor.engine import decoding as engine_decoding
 from processor.engine import outputs as engine_outputs
 from processor.engine.ensemble_publish import snapshot_many
-from processor.kafka.columnar_encode import encode_columns
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 
 SERDES = SerdeRegistry()
@@ -69,7 +69,7 @@ def _run(
 ) -> tuple[list[Any], Any]:
     monkeypatch.setattr(engine_outputs, "MIN_VECTORIZED", threshold)
     if not columnar:
-        monkeypatch.setattr(engine_core, "decode_columns", lambda *a, **k: None)
+        monkeypatch.setattr(engine_decoding, "decode_columns", lambda *a, **k: None)
     cfg = config_from_dict({"ensemble": {"mode": mode, "warm_start_steps": 50}})
     engine = PartitionEngine(cfg, 0, SERDES)
     topic = cfg.topics.trade_outcomes

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from processor.codec.serde import load_schema_json
 from processor.errors import ConfigError, StateError
-from processor.kafka.serde import load_schema_json
 from processor.policy.bidding import (
     GUARDRAIL_NAMES,
     MODES,

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import config_from_dict
 from processor.engine import PartitionEngine, SourceBatch
 from processor.errors import ConfigError
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 
 SERDES = SerdeRegistry()

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig, config_from_dict
 from processor.engine import PartitionEngine, SourceBatch
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 from processor.replay.source import Partitions, RawRecord, merge, schema_by_topic, with_event_times
 

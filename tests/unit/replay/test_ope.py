@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import config_from_dict
 from processor.errors import ProcessorError
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.simulator import MarketSimulator
 from processor.replay.backtest import run_backtest
 from processor.replay.ope import (

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from processor.codec.serde import SerdeRegistry
 from processor.errors import ConfigError
-from processor.kafka.serde import SerdeRegistry
 from processor.replay.source import RawRecord, iso, merge, parse_time, read_files, write_records
 
 

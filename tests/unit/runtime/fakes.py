@@ -25,8 +25,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
-from processor.kafka.serde import SerdeRegistry
 from processor.runtime import Clients
 
 SERDES = SerdeRegistry()

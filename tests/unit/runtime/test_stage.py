@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from processor import metrics
 from processor.commands import key_state_view
 from processor.config import AppConfig, KafkaConfig
 from processor.engine import PartitionEngine
 from processor.errors import ConfigError
 from processor.kafka import transaction
 from processor.kafka.clients import consumer_config
+from processor.observability import metrics
 from processor.runtime import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, EXIT_POISON, Stage
 from processor.runtime.partitions import Partitions, misaligned
 from processor.state.changelog import parse_changelog_key

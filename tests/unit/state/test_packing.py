@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processor.codec.serde import SerdeRegistry
 from processor.config import AppConfig
 from processor.engine import PartitionEngine
 from processor.errors import StateError
-from processor.kafka.serde import SerdeRegistry
 from processor.policy.bidding import BiddingConfig, BiddingState, BidPolicy, OutcomeBatch
 from processor.policy.monitor import SafetyState
 from processor.state.changelog import _load_state, parse_changelog_key
@@ -26,8 +26,6 @@ from processor.state.packing import (
     VALUE_FIELDS,
     campaign_dtype,
     campaign_state_dicts,
-    pack_campaigns,
-    restore_campaigns,
     unpack_groups,
 )
 
@@ -78,11 +76,11 @@ def test_round_trip_is_exact_with_several_arm_lists() -> None:
     source.thompson.remove_arm("balanced", keys[3])
     source.thompson.remove_arm("aggressive", keys[7])
     source.thompson.add_arm("newcomer", keys[11])
-    blobs = pack_campaigns(source, keys)
+    blobs = source.pack(keys)
     assert all(b[0] == LAYOUT_VERSION for b in blobs)
     assert [len(arms) for arms, _, _ in unpack_groups(blobs)] == [4, 3, 3, 5]
     restored = BiddingState(BiddingConfig())
-    restore_campaigns(restored, keys, blobs)
+    restored.restore_packed(keys, blobs)
     for key in keys:
         assert restored.get_key_state(key) == source.get_key_state(key), key
     assert json.dumps(campaign_state_dicts(blobs)) == json.dumps(
@@ -133,10 +131,10 @@ def test_any_values_survive_bit_for_bit(
         },
     }
     state.set_key_state("k", want)
-    blob = pack_campaigns(state, ["k"])[0]
+    blob = state.pack(["k"])[0]
     assert campaign_state_dicts([blob]) == [want]
     other = BiddingState(BiddingConfig())
-    restore_campaigns(other, ["k"], [blob])
+    other.restore_packed(["k"], [blob])
     assert other.get_key_state("k") == want
 
 
@@ -190,19 +188,19 @@ def test_a_changelog_written_by_0_2_restores(fmt: str) -> None:
         "target_cpa": 10.0,
     }
     policy.observe(OutcomeBatch.from_records([out]), engine.campaigns)
-    assert pack_campaigns(engine.campaigns, ["cmp-0"])[0][0] == LAYOUT_VERSION
+    assert engine.campaigns.pack(["cmp-0"])[0][0] == LAYOUT_VERSION
 
 
 def test_mixed_layouts_in_one_partition() -> None:
     states, _ = _fixture("packed")
     old = list(states.values())
     source = _filled(3, 4)
-    new = pack_campaigns(source, source.thompson.keys)
+    new = source.pack(source.thompson.keys)
     groups = unpack_groups(old + new)
     assert sorted(len(idx) for _, idx, _ in groups) == [1, 3, 4]  # 0.2: one arm list without
     restored = BiddingState(BiddingConfig())
     keys = [f"old-{i}" for i in range(len(old))] + source.thompson.keys
-    restore_campaigns(restored, keys, old + new)
+    restored.restore_packed(keys, old + new)
     for key in source.thompson.keys:
         assert restored.get_key_state(key) == source.get_key_state(key)
 
@@ -223,8 +221,8 @@ def test_malformed_blobs_raise_state_error_with_the_reason(
     damage: Callable[[bytes], bytes], reason: str
 ) -> None:
     state = _filled(3, 2)
-    blobs = pack_campaigns(state, state.thompson.keys)
+    blobs = state.pack(state.thompson.keys)
     blobs[1] = damage(blobs[1])
     fresh = BiddingState(BiddingConfig())
     with pytest.raises(StateError, match=reason):
-        restore_campaigns(fresh, ["a", "b", "c"], blobs)
+        fresh.restore_packed(["a", "b", "c"], blobs)

@@ -14,9 +14,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processor.kafka.columnar import columnar_plan, decode_columns
-from processor.kafka.columnar_encode import encode_columns
-from processor.kafka.serde import (
+from processor.codec.columnar import columnar_plan, decode_columns
+from processor.codec.columnar_encode import encode_columns
+from processor.codec.serde import (
     SerdeRegistry,
     legacy_writer_schemas,
     load_schema_json,

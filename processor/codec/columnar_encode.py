@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from processor.codec.columnar import _ARANGE10, _PRIMITIVES, _SHIFTS
+from processor.codec.serde import AvroSerde, load_schema_json, strip_logical_types
 from processor.errors import SerializationError
-from processor.kafka.columnar import _ARANGE10, _PRIMITIVES, _SHIFTS
-from processor.kafka.serde import AvroSerde, load_schema_json, strip_logical_types
 
 _SMALL_LEN = [bytes([2 * i]) for i in range(64)]
 

@@ -1,8 +1,9 @@
 """Prometheus metrics of the stage: the public module for metrics, gauges and the endpoint.
 
-The metric families are created once, in :mod:`processor.metrics_families`; the HTTP endpoint
-(:class:`Health`, :func:`serve`) lives in :mod:`processor.metrics_http`. Both are re-exported
-here, so callers use ``from processor import metrics`` and ``metrics.NAME``.
+The metric families are created once, in :mod:`processor.observability.families`; the HTTP
+endpoint (:class:`Health`, :func:`serve`) lives in :mod:`processor.observability.http`. Both are
+re-exported here, so callers use ``from processor.observability import metrics`` and
+``metrics.NAME``.
 
 Every name starts with ``bandit_processor_``; label sets are fixed and bounded (topics, reasons,
 rules and modes are closed sets; per-arm series are capped, see ``MAX_ARM_SERIES``; per-ensemble
@@ -26,8 +27,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import TopicPartition
 
-from processor.metrics_families import _LAT_BUCKETS as _LAT_BUCKETS  # private, kept importable
-from processor.metrics_families import (
+from processor.observability.families import (
     ARM_POSTERIOR_MEAN,
     ARM_SELECTION_RATIO,
     ARM_SELECTIONS,
@@ -60,8 +60,7 @@ from processor.metrics_families import (
     UP,
     WEDGED_PRODUCERS,
 )
-from processor.metrics_http import Health, serve
-from processor.metrics_http import _Handler as _Handler  # private, kept importable
+from processor.observability.http import Health, serve
 
 __all__ = [
     "ARM_POSTERIOR_MEAN",

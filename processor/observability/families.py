@@ -2,8 +2,9 @@
 
 Every name starts with ``bandit_processor_``; label sets are fixed and bounded (topics, reasons,
 rules and modes are closed sets; per-arm label values go through
-:func:`processor.metrics.arm_label`; per-ensemble series are capped, see ``MAX_ENSEMBLE_SERIES``).
-Import them from :mod:`processor.metrics`, which re-exports this module's names.
+:func:`processor.observability.metrics.arm_label`; per-ensemble series are capped, see
+``MAX_ENSEMBLE_SERIES``).
+Import them from :mod:`processor.observability.metrics`, which re-exports this module's names.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A batch of values is decoded field by field with numpy over one concatenated buffer instead of one
 fastavro call per record; anything the fast path does not accept is handed to fastavro for that
 record alone, so records and failure reasons are always exactly fastavro's. The encoder is
-:mod:`processor.kafka.columnar_encode`.
+:mod:`processor.codec.columnar_encode`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from processor.kafka.serde import AvroSerde, load_schema_json, strip_logical_types
+from processor.codec.serde import AvroSerde, load_schema_json, strip_logical_types
 
 # ---- columnar decoding ----------------------------------------------------------------------
 # fastavro's reader costs ~10 µs per record in Python objects alone. The stage's input schemas are
@@ -25,7 +25,7 @@ from processor.kafka.serde import AvroSerde, load_schema_json, strip_logical_typ
 # allows, a boolean byte other than 0/1, a negative map block count, invalid UTF-8, trailing bytes)
 # is handed to fastavro for that record alone, so the result — records or the failure reason — is
 # always exactly fastavro's. A value that ends before its schema's trailing defaulted fields
-# (written before they were added, see processor.kafka.serde) gets their defaults.
+# (written before they were added, see processor.codec.serde) gets their defaults.
 
 _PRIMITIVES = ("boolean", "int", "long", "double", "string", "bytes")
 _PAD = 16

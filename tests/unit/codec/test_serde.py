@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from processor.codec.serde import AvroSerde, load_schema_json
 from processor.errors import SerializationError
-from processor.kafka.serde import AvroSerde, load_schema_json
 
 OUTCOME: dict[str, Any] = {
     "request_id": "r-1",

@@ -1,8 +1,9 @@
 """The metrics / health HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``.
 
-``/metrics`` serves the exposition of :data:`~processor.metrics_families.REGISTRY`,
+``/metrics`` serves the exposition of :data:`~processor.observability.families.REGISTRY`,
 ``/healthz`` says the loop is alive, ``/readyz`` says every assigned partition has been restored.
-Import :class:`Health` and :func:`serve` from :mod:`processor.metrics`, which re-exports them.
+Import :class:`Health` and :func:`serve` from :mod:`processor.observability.metrics`, which
+re-exports them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processor.metrics_families import READY, REGISTRY, UP
+from processor.observability.families import READY, REGISTRY, UP
 
 # The endpoint logs under the public module's name (as it did before it got its own module).
-logger = logging.getLogger("processor.metrics")
+logger = logging.getLogger("processor.observability.metrics")
 
 
 class Health:
