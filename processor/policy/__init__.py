@@ -28,12 +28,8 @@ from processor.policy.bidding import BidPolicy, ObserveResult
 from processor.policy.bidding_config import ArmSpec, BiddingConfig
 from processor.policy.contribution import Contribution
 from processor.policy.hashing import request_uniforms, seed_for
-from processor.policy.safety import (
-    GUARDRAIL_NAMES,
-    VIOLATION_NAMES,
-    PerformanceMonitor,
-    SafetyConstraints,
-)
+from processor.policy.monitor import PerformanceMonitor
+from processor.policy.safety import GUARDRAIL_NAMES, VIOLATION_NAMES, SafetyConstraints
 from processor.policy.state import BiddingState
 
 if TYPE_CHECKING:

@@ -334,16 +334,10 @@ def local_hours(event_time_ms: I64, utc_offset_minutes: I64) -> I64:
     return np.asarray((local_min // 60) % 24, dtype=np.int64)
 
 
-# The outcome-side state lives in processor.policy.monitor; re-exported for existing imports.
-from processor.policy.monitor import OutcomeChecks, PerformanceMonitor, SafetyState  # noqa: E402
-
 __all__ = [
     "GUARDRAIL_NAMES",
     "VIOLATION_NAMES",
-    "OutcomeChecks",
-    "PerformanceMonitor",
     "SafetyConstraints",
-    "SafetyState",
     "arm_overrides",
     "clamp_money",
     "local_hours",

@@ -13,14 +13,13 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from processor.errors import ConfigError, StateError
+from processor.policy.monitor import PerformanceMonitor, SafetyState
 from processor.policy.safety import (
     V_HIGH_CPA,
     V_LOW_ROAS,
     V_OVERSPEND,
     VIOLATION_NAMES,
-    PerformanceMonitor,
     SafetyConstraints,
-    SafetyState,
     local_hours,
 )
 
