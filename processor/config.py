@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, model_validator
@@ -32,10 +31,12 @@ from processor.config_types import (
     SecretDict,
     SecretMap,
     UnitInterval,
+    Url,
     config_error,
     config_errors,
     is_secret,
     mask_secrets,
+    mask_url,
 )
 from processor.errors import ConfigError
 from processor.policy.bidding import BiddingConfig
@@ -249,7 +250,7 @@ class AppConfig:
     operation_timeout_s: PositiveFloat = 30.0
     retry_budget_s: PositiveFloat = 60.0
     metrics_port: Port | None = DEFAULT_METRICS_PORT
-    schema_registry_url: str | None = None
+    schema_registry_url: Url | None = None
     schema_registry: SecretMap = field(default_factory=SecretDict)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     bidding: BiddingConfig = field(default_factory=BiddingConfig)
@@ -336,13 +337,8 @@ def config_to_dict(config: AppConfig, *, masked: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = _ADAPTER.dump_python(config, mode="json")
     if not masked:
         return data
-    url = data.get("schema_registry_url")
-    if url:
-        parts = urlsplit(url)
-        if parts.password is not None:  # https://user:password@registry
-            data["schema_registry_url"] = parts._replace(
-                netloc=f"***@{parts.netloc.rsplit('@', 1)[1]}"
-            ).geturl()
+    if data.get("schema_registry_url"):
+        data["schema_registry_url"] = mask_url(data["schema_registry_url"])
     return mask_secrets(data)
 
 

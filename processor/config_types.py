@@ -22,6 +22,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import is_pydantic_dataclass
@@ -68,6 +69,23 @@ class SecretDict(dict[str, str]):
         return repr(mask_secrets(self))
 
 
+def mask_url(url: str) -> str:
+    """``url`` with the user info of ``scheme://user:password@host`` replaced by ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[1]}").geturl()
+
+
+class SecretUrl(str):
+    """A URL whose repr never shows its user info (``https://user:password@registry``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(mask_url(self))
+
+
 def _no_bool(value: Any) -> Any:
     if isinstance(value, bool):
         kind, msg = "number_type", "should be a number, not true or false"
@@ -104,6 +122,8 @@ Fraction = Annotated[float, _NUMBER, Field(ge=0, lt=1)]
 UnitInterval = Annotated[float, _NUMBER, Field(ge=0, le=1)]
 #: librdkafka / registry settings: strings (numbers and booleans converted), secrets masked in
 #: ``repr``.
+#: A URL that may carry ``user:password@``; masked in ``repr``.
+Url = Annotated[str, AfterValidator(SecretUrl)]
 SecretMap = Annotated[
     Mapping[str, str],
     BeforeValidator(_librdkafka_values, json_schema_input_type=dict[str, str | int | float | bool]),
