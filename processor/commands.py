@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -81,20 +82,27 @@ def cmd_run(config: AppConfig, *, port_follows_slot: bool = False) -> int:
             claim.release()
 
 
+def _print_text(text: str) -> int:
+    # ``config schema | head`` closes the pipe early: that is no error of ours.
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def cmd_config_show(config: AppConfig, *, as_json: bool) -> int:
     """``bandit-processor config show``: the effective configuration, secrets masked."""
     data = config_to_dict(config)
     if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), end="")
-    return 0
+        return _print_text(json.dumps(data, indent=2) + "\n")
+    return _print_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def cmd_config_schema() -> int:
     """``bandit-processor config schema``: JSON Schema of the YAML configuration file."""
-    print(json.dumps(config_json_schema(), indent=2))
-    return 0
+    return _print_text(json.dumps(config_json_schema(), indent=2) + "\n")
 
 
 def cmd_topics_create(config: AppConfig, partitions: int, replication_factor: int) -> int:
