@@ -1,7 +1,8 @@
 """The ``bandit-processor`` command.
 
-Precedence of settings: flag > environment variable > ``--config`` YAML file > default. Every flag
-that has an environment variable names it in ``--help``.
+Precedence of settings: flag > environment variable > ``--config`` YAML file > default
+(:mod:`processor.settings`). Every flag that has an environment variable names it in ``--help``;
+every other setting has one too (``BANDIT_SECTION__NAME``).
 """
 
 from __future__ import annotations
@@ -9,33 +10,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from processor import __version__
-from processor.config import AppConfig, load_config
-from processor.errors import ProcessorError
+from processor.config import AppConfig
+from processor.errors import ConfigError, ProcessorError
+from processor.settings import ENV, Resolved, command_settings, resolve
 
 logger = logging.getLogger(__name__)
 
-ENV = {
-    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
-    "app_id": "BANDIT_APP_ID",
-    "instance_id": "BANDIT_INSTANCE_ID",
-    "config": "BANDIT_CONFIG",
-    "metrics_port": "BANDIT_METRICS_PORT",
-    "processing_guarantee": "BANDIT_PROCESSING_GUARANTEE",
-    "schema_registry_url": "BANDIT_SCHEMA_REGISTRY_URL",
-    "log_level": "BANDIT_LOG_LEVEL",
-    "log_format": "BANDIT_LOG_FORMAT",
-}
+__all__ = ["ENV", "build_config", "build_parser", "main", "resolve_args", "setup_logging"]
 
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(ENV[name])
-    return value if value else None
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+#: Flags that set a top-level setting of the configuration (flag dest = setting name).
+SETTING_FLAGS = (
+    "bootstrap_servers",
+    "app_id",
+    "instance_id",
+    "metrics_port",
+    "processing_guarantee",
+    "schema_registry_url",
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,32 +66,58 @@ def setup_logging(level: str, fmt: str) -> None:
 def _common(p: argparse.ArgumentParser, *, app_id: bool = True) -> None:
     p.add_argument(
         "--bootstrap-servers",
-        default=_env("bootstrap_servers"),
         help="Kafka bootstrap servers HOST:PORT[,...] (env KAFKA_BOOTSTRAP_SERVERS; "
         "config bootstrap_servers)",
     )
     p.add_argument(
         "--config",
-        default=_env("config"),
         help="YAML configuration file (env BANDIT_CONFIG); see README 'Configuration'",
     )
     if app_id:
         p.add_argument(
             "--app-id",
-            default=_env("app_id"),
             help="application id: consumer group, transactional.id prefix and changelog "
             "'<app-id>-state-changelog' (env BANDIT_APP_ID; default bandit-processor)",
         )
     p.add_argument(
         "--log-level",
-        default=_env("log_level") or "INFO",
-        help="DEBUG, INFO, WARNING, ERROR (env BANDIT_LOG_LEVEL; default INFO)",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING, ERROR, CRITICAL (env BANDIT_LOG_LEVEL; default INFO)",
     )
     p.add_argument(
         "--log-format",
-        choices=("text", "json"),
-        default=_env("log_format") or "text",
+        choices=LOG_FORMATS,
         help="log line format (env BANDIT_LOG_FORMAT; default text)",
+    )
+
+
+def _stage_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of settings only ``run`` uses (``config show`` takes them too)."""
+    p.add_argument(
+        "--instance-id",
+        help="instance id; transactional.id is '<app-id>-<instance-id>' (env BANDIT_INSTANCE_ID; "
+        "default '<hostname>-<slot>', stable across restarts on this host: the first instance "
+        "takes slot 0, a second one running at the same time slot 1)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of /metrics, /healthz, /readyz; 0 picks a free port, -1 disables "
+        "(env BANDIT_METRICS_PORT; config metrics_port; default 9400 + the instance slot: "
+        "9400 for the first instance on a host, 9401 for a second one)",
+    )
+    p.add_argument(
+        "--processing-guarantee",
+        choices=("exactly_once", "at_least_once"),
+        help="exactly_once (default): outputs, state and offsets in one transaction; "
+        "at_least_once: lower latency, but after a crash rewards may be counted twice and requests "
+        "answered twice (env BANDIT_PROCESSING_GUARANTEE)",
+    )
+    p.add_argument(
+        "--schema-registry-url",
+        help="use the Confluent wire format with this schema registry "
+        "(env BANDIT_SCHEMA_REGISTRY_URL; default: schemaless Avro)",
     )
 
 
@@ -117,34 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names its topic, partition and offset)",
     )
     _common(run)
-    run.add_argument(
-        "--instance-id",
-        default=_env("instance_id"),
-        help="instance id; transactional.id is '<app-id>-<instance-id>' (env BANDIT_INSTANCE_ID; "
-        "default '<hostname>-<slot>', stable across restarts on this host: the first instance "
-        "takes slot 0, a second one running at the same time slot 1)",
-    )
-    run.add_argument(
-        "--metrics-port",
-        type=int,
-        default=_int_env("metrics_port"),
-        help="port of /metrics, /healthz, /readyz; 0 picks a free port, -1 disables "
-        "(env BANDIT_METRICS_PORT; default 9400)",
-    )
-    run.add_argument(
-        "--processing-guarantee",
-        choices=("exactly_once", "at_least_once"),
-        default=_env("processing_guarantee"),
-        help="exactly_once (default): outputs, state and offsets in one transaction; "
-        "at_least_once: lower latency, but after a crash rewards may be counted twice and requests "
-        "answered twice (env BANDIT_PROCESSING_GUARANTEE)",
-    )
-    run.add_argument(
-        "--schema-registry-url",
-        default=_env("schema_registry_url"),
-        help="use the Confluent wire format with this schema registry "
-        "(env BANDIT_SCHEMA_REGISTRY_URL; default: schemaless Avro)",
-    )
+    _stage_flags(run)
 
     topics = sub.add_parser("topics", help="manage the application's topics")
     tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
@@ -234,51 +231,74 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--to", dest="to_time", required=True, help="end, ISO 8601")
     export.add_argument("--topics", nargs="+", required=True, help="topics to export")
     export.add_argument("--out", required=True, help="output file (Avro object container)")
+
+    config = sub.add_parser(
+        "config",
+        help="show the effective configuration or its JSON Schema",
+        description="Settings come from flags > environment variables (BANDIT_NAME, "
+        "BANDIT_SECTION__NAME) > the --config YAML file > defaults.",
+    )
+    csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show_config = csub.add_parser(
+        "show",
+        help="print the effective configuration (after flags, environment and YAML) as YAML, "
+        "secrets masked",
+    )
+    _common(show_config)
+    _stage_flags(show_config)
+    show_config.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    csub.add_parser(
+        "schema",
+        help="print the JSON Schema of the YAML configuration file (for editors, e.g. a YAML "
+        "language server)",
+    )
     return parser
 
 
-def _int_env(name: str) -> int | None:
-    value = _env(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        msg = f"{ENV[name]} must be an integer, got {value!r}"
-        raise SystemExit(msg) from None
+def resolve_args(args: argparse.Namespace) -> Resolved:
+    """The effective configuration of a parsed command line: flags > environment > YAML."""
+    flags = {name: getattr(args, name, None) for name in SETTING_FLAGS}
+    return resolve(flags, getattr(args, "config", None))
 
 
 def build_config(args: argparse.Namespace) -> AppConfig:
-    """Merge YAML, environment (already folded into flag defaults) and flags."""
-    config = load_config(args.config)
-    changes: dict[str, Any] = {}
-    if args.bootstrap_servers:
-        changes["bootstrap_servers"] = args.bootstrap_servers
-    if getattr(args, "app_id", None):
-        changes["app_id"] = args.app_id
-    if getattr(args, "instance_id", None):
-        changes["instance_id"] = args.instance_id
-    port = getattr(args, "metrics_port", None)
-    if port is not None:
-        changes["metrics_port"] = None if port < 0 else port
-    if getattr(args, "processing_guarantee", None):
-        changes["processing_guarantee"] = args.processing_guarantee
-    if getattr(args, "schema_registry_url", None):
-        changes["schema_registry_url"] = args.schema_registry_url
-    return config.replace(**changes) if changes else config
+    """Merge YAML, environment and flags (see :func:`processor.settings.resolve`)."""
+    return resolve_args(args).config
+
+
+def _logging_settings(args: argparse.Namespace) -> tuple[str, str]:
+    env = command_settings()
+    level = getattr(args, "log_level", None) or env.get("log_level", "INFO").upper()
+    fmt = getattr(args, "log_format", None) or env.get("log_format", "text")
+    if level not in LOG_LEVELS:
+        msg = f"BANDIT_LOG_LEVEL: {level!r} is invalid: should be one of {', '.join(LOG_LEVELS)}"
+        raise ConfigError(msg)
+    if fmt not in LOG_FORMATS:
+        msg = f"BANDIT_LOG_FORMAT: {fmt!r} is invalid: should be one of {', '.join(LOG_FORMATS)}"
+        raise ConfigError(msg)
+    return level, fmt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
     try:
-        config = build_config(args)
+        if args.command == "config" and args.config_command == "schema":
+            from processor.commands import cmd_config_schema
+
+            return cmd_config_schema()
+        setup_logging(*_logging_settings(args))
+        resolved = resolve_args(args)
+        config = resolved.config
+        if args.command == "config":
+            from processor.commands import cmd_config_show
+
+            return cmd_config_show(config, as_json=args.json)
         if args.command == "run":
             from processor.commands import cmd_run
 
-            return cmd_run(config)
+            return cmd_run(config, port_follows_slot="metrics_port" not in resolved.explicit)
         if args.command == "topics":
             from processor.commands import cmd_topics_create
 
@@ -300,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return cmd_simulate(config, args)
     except ProcessorError as exc:
-        print(f"bandit-processor: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"bandit-processor: error: {line}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2  # pragma: no cover - parser.error exits

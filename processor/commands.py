@@ -1,16 +1,23 @@
-"""Implementations of the CLI commands that talk to Kafka (``run``, ``topics``, ``state``)."""
+"""Implementations of the CLI commands ``run``, ``topics``, ``state`` and ``config``."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 import numpy as np
+import yaml
 
 from processor.codec.serde import SerdeRegistry
-from processor.config import AppConfig
+from processor.config import (
+    DEFAULT_METRICS_PORT,
+    AppConfig,
+    config_json_schema,
+    config_to_dict,
+)
 from processor.engine import PartitionEngine
 from processor.kafka.clients import InstanceClaim, make_admin, restore_consumer_factory
 from processor.kafka.topics import create_topics, partition_counts, partition_mismatches
@@ -21,8 +28,29 @@ from processor.state.changelog import read_changelog
 logger = logging.getLogger(__name__)
 
 
-def cmd_run(config: AppConfig) -> int:
-    """``bandit-processor run``."""
+def choose_metrics_port(configured: int | None, *, follows_slot: bool, slot: int) -> int | None:
+    """The port ``run`` serves /metrics on (``None``: disabled).
+
+    Args:
+        configured: ``metrics_port`` of the configuration.
+        follows_slot: True when the port was not set by a flag, the environment or the YAML
+            file: then it is :data:`~processor.config.DEFAULT_METRICS_PORT` + ``slot``, so
+            instances on one host started with default settings do not collide.
+        slot: The instance's host-local slot (0 when the instance id was given).
+    """
+    if not follows_slot:
+        return configured
+    return DEFAULT_METRICS_PORT + slot
+
+
+def cmd_run(config: AppConfig, *, port_follows_slot: bool = False) -> int:
+    """``bandit-processor run``.
+
+    Args:
+        config: The effective configuration.
+        port_follows_slot: ``metrics_port`` was not set explicitly: serve on 9400 + the instance
+            slot (see :func:`choose_metrics_port`).
+    """
     claim = None
     if not config.instance_id:
         claim = InstanceClaim(config.app_id)
@@ -33,20 +61,48 @@ def cmd_run(config: AppConfig) -> int:
         config.app_id,
         config.instance_id,
     )
-    health = metrics.Health()
-    health.bind_gauges()
     server = None
-    if config.metrics_port is not None:
-        server = metrics.serve(config.metrics_port, health)
-    stage = Stage(config, health)
-    stage.install_signal_handlers()
     try:
+        port = choose_metrics_port(
+            config.metrics_port,
+            follows_slot=port_follows_slot,
+            slot=claim.slot if claim is not None else 0,
+        )
+        health = metrics.Health()
+        health.bind_gauges()
+        if port is not None:
+            server = metrics.serve(port, health)
+        stage = Stage(config, health)
+        stage.install_signal_handlers()
         return stage.run()
     finally:
         if server is not None:
             server.shutdown()
         if claim is not None:
             claim.release()
+
+
+def _print_text(text: str) -> int:
+    # ``config schema | head`` closes the pipe early: that is no error of ours.
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_config_show(config: AppConfig, *, as_json: bool) -> int:
+    """``bandit-processor config show``: the effective configuration, secrets masked."""
+    data = config_to_dict(config)
+    if as_json:
+        return _print_text(json.dumps(data, indent=2) + "\n")
+    return _print_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def cmd_config_schema() -> int:
+    """``bandit-processor config schema``: JSON Schema of the YAML configuration file."""
+    return _print_text(json.dumps(config_json_schema(), indent=2) + "\n")
 
 
 def cmd_topics_create(config: AppConfig, partitions: int, replication_factor: int) -> int:

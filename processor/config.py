@@ -1,97 +1,132 @@
-"""Configuration: frozen dataclasses validated on construction, loaded from YAML.
+"""Configuration: frozen, typed dataclasses (pydantic v2) validated when built, loaded from YAML.
 
 Precedence (highest first): CLI flags, environment variables, the YAML file, defaults. Only the CLI
-applies flags and environment variables (see :func:`processor.cli.build_config`); this module knows
-YAML and plain mappings. librdkafka settings pass through unchanged in ``kafka.*`` mappings, and any
-setting whose name looks like a secret is masked in ``repr`` and logs.
+applies flags and environment variables (see :mod:`processor.settings`); this module knows YAML and
+plain mappings, so constructing :class:`AppConfig` never reads the environment. Every invalid
+setting is a :class:`~processor.errors.ConfigError` with one line per bad setting, naming it by its
+dotted path. librdkafka settings pass through unchanged in ``kafka.*`` mappings, and any setting
+whose name looks like a secret is masked in ``repr`` and logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
+from processor.config_types import (
+    MODEL_CONFIG,
+    FiniteFloat,
+    Fraction,
+    NonNegativeInt,
+    Origin,
+    PositiveFloat,
+    PositiveInt,
+    SecretDict,
+    SecretMap,
+    UnitInterval,
+    Url,
+    config_error,
+    config_errors,
+    is_secret,
+    mask_secrets,
+    mask_url,
+)
 from processor.errors import ConfigError
 from processor.policy.bidding import BiddingConfig
 from processor.policy.safety import SafetyConstraints
 
-T = TypeVar("T")
+Guarantee = Literal["exactly_once", "at_least_once"]
+StateFormat = Literal["packed", "json"]
+EnsembleMode = Literal["family", "horizon", "family_horizon"]
+GUARANTEES: tuple[str, ...] = get_args(Guarantee)
+STATE_FORMATS: tuple[str, ...] = get_args(StateFormat)
+ENSEMBLE_MODES: tuple[str, ...] = get_args(EnsembleMode)
+#: The metrics port when none is set; ``bandit-processor run`` adds the instance slot to it.
+DEFAULT_METRICS_PORT = 9400
 
-GUARANTEES = ("exactly_once", "at_least_once")
-STATE_FORMATS = ("packed", "json")
-ENSEMBLE_MODES = ("family", "horizon", "family_horizon")
-_SECRET_MARKERS = ("password", "secret", "token", "key.pem", "credentials", "private")
-
-
-def is_secret(name: str) -> bool:
-    """True for librdkafka / registry setting names that hold secrets."""
-    lowered = name.lower()
-    return any(marker in lowered for marker in _SECRET_MARKERS)
-
-
-def mask_secrets(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy of ``settings`` with secret values replaced by ``***``."""
-    return {k: ("***" if is_secret(k) else v) for k, v in settings.items()}
-
-
-class _SecretDict(dict[str, str]):
-    """A dict whose repr never shows secret values."""
-
-    def __repr__(self) -> str:
-        return repr(mask_secrets(self))
-
-
-def _reject_unknown(cls: type[Any], data: Mapping[str, Any], where: str) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        allowed = ", ".join(sorted(names))
-        msg = f"unknown setting(s) in {where}: {', '.join(unknown)}; allowed: {allowed}"
-        raise ConfigError(msg)
+# Kept importable from here (other modules and users import them from processor.config).
+_SecretDict = SecretDict
+__all__ = [
+    "DEFAULT_METRICS_PORT",
+    "AppConfig",
+    "AttributionConfig",
+    "EnsembleConfig",
+    "KafkaConfig",
+    "LimitsConfig",
+    "TopicsConfig",
+    "config_from_dict",
+    "config_json_schema",
+    "config_to_dict",
+    "is_secret",
+    "load_config",
+    "mask_secrets",
+]
 
 
-def _build(cls: type[T], data: Any, where: str) -> T:
-    if data is None:
-        return cls()
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        msg = f"{where} must be a mapping, got {type(data).__name__}"
-        raise ConfigError(msg)
-    _reject_unknown(cls, data, where)
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        msg = f"invalid {where}: {exc}"
-        raise ConfigError(msg) from exc
+def _name(value: str) -> str:
+    if not value or any(c.isspace() for c in value):
+        msg = "should be a non-empty name without spaces"
+        raise ValueError(msg)
+    return value
 
 
-@dataclass(frozen=True)
+def _horizons(value: tuple[str, ...]) -> tuple[str, ...]:
+    if any(":" in h or "\x00" in h for h in value):
+        msg = "should not contain ':' (arm names are family:horizon)"
+        raise ValueError(msg)
+    return value
+
+
+def _base_weights(value: dict[str, float] | None) -> dict[str, float] | None:
+    if value is not None and not any(v > 0 for v in value.values()):
+        msg = "should not be all zero"
+        raise ValueError(msg)
+    return value
+
+
+def _reward_range(value: tuple[float, float]) -> tuple[float, float]:
+    if not value[0] < value[1]:
+        msg = "should be [lo, hi] with lo < hi"
+        raise ValueError(msg)
+    return value
+
+
+def _port(value: int | None) -> int | None:
+    return None if value == -1 else value
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+#: A TCP port; 0 picks a free one; -1 (or null) disables.
+Port = Annotated[int, Field(ge=-1, le=65535), AfterValidator(_port)]
+
+
+@config_errors("topics")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class TopicsConfig:
     """Topic names. The changelog is ``<app_id>-state-changelog`` and is not configurable."""
 
-    bid_requests: str = "bid-requests"
-    bid_outcomes: str = "bid-outcomes"
-    trade_outcomes: str = "trade-outcomes"
-    control: str = "bandit-control"
-    bid_decisions: str = "bid-decisions"
-    ensemble_weights: str = "ensemble-weights"
-    dead_letters: str = "bandit-dead-letters"
+    bid_requests: NonEmpty = "bid-requests"
+    bid_outcomes: NonEmpty = "bid-outcomes"
+    trade_outcomes: NonEmpty = "trade-outcomes"
+    control: NonEmpty = "bandit-control"
+    bid_decisions: NonEmpty = "bid-decisions"
+    ensemble_weights: NonEmpty = "ensemble-weights"
+    dead_letters: NonEmpty = "bandit-dead-letters"
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _distinct(self) -> TopicsConfig:
         names = dataclasses.astuple(self)
-        if any(not isinstance(n, str) or not n for n in names):
-            msg = "topics.*: every topic name must be a non-empty string"
-            raise ConfigError(msg)
         if len(set(names)) != len(names):
-            msg = f"topics.*: topic names must be distinct, got {names}"
-            raise ConfigError(msg)
+            msg = f"topic names must be distinct, got {names}"
+            raise ValueError(msg)
+        return self
 
     @property
     def inputs(self) -> tuple[str, str, str, str]:
@@ -99,7 +134,8 @@ class TopicsConfig:
         return (self.control, self.bid_outcomes, self.trade_outcomes, self.bid_requests)
 
 
-@dataclass(frozen=True)
+@config_errors("ensemble")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class EnsembleConfig:
     """Exp3-IX / Hedge ensemble weighting (DESIGN §3).
 
@@ -109,67 +145,34 @@ class EnsembleConfig:
     that changes: 0 (default) is off, about 1 / (trades between changes) when it is on.
     """
 
-    mode: str = "family"
-    families: tuple[str, ...] = ("lightgbm", "xgboost", "ridge", "mlp", "lstm")
-    horizons: tuple[str, ...] = ("5m", "15m", "60m")
-    blend_alpha: float = 0.3
-    warm_start_steps: int = 500
-    base_weights: Mapping[str, float] | None = None
-    gamma: float | None = None
-    eta: float | None = None
-    eta_max: float = 0.07
-    reward_range: tuple[float, float] = (-100.0, 100.0)
-    uniform_mix: float = 0.0
-    unknown_arms: str = "dead_letter"
-    share: float = 0.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "families", tuple(self.families))
-        object.__setattr__(self, "horizons", tuple(self.horizons))
-        object.__setattr__(self, "reward_range", tuple(float(x) for x in self.reward_range))
-        if self.mode not in ENSEMBLE_MODES:
-            msg = f"ensemble.mode must be one of {ENSEMBLE_MODES}, got {self.mode!r}"
-            raise ConfigError(msg)
-        if not self.families or not self.horizons:
-            msg = "ensemble.families and ensemble.horizons must not be empty"
-            raise ConfigError(msg)
-        if not 0.0 <= self.blend_alpha <= 1.0:
-            msg = f"ensemble.blend_alpha must be in [0, 1], got {self.blend_alpha}"
-            raise ConfigError(msg)
-        if self.warm_start_steps < 0:
-            msg = "ensemble.warm_start_steps must be >= 0"
-            raise ConfigError(msg)
-        lo, hi = self.reward_range
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            msg = f"ensemble.reward_range must be finite with lo < hi, got {self.reward_range}"
-            raise ConfigError(msg)
-        if not 0.0 <= self.uniform_mix < 1.0:
-            msg = "ensemble.uniform_mix must be in [0, 1)"
-            raise ConfigError(msg)
-        for name, value in (("gamma", self.gamma), ("eta", self.eta)):
-            if value is not None and not value > 0:
-                msg = f"ensemble.{name} must be > 0 or null (anytime tuning)"
-                raise ConfigError(msg)
-        if self.unknown_arms not in ("dead_letter", "add"):
-            msg = "ensemble.unknown_arms must be 'dead_letter' or 'add'"
-            raise ConfigError(msg)
-        if not (isinstance(self.share, int | float) and 0.0 <= self.share < 1.0):
-            msg = f"ensemble.share must be in [0, 1) (0 = off), got {self.share!r}"
-            raise ConfigError(msg)
-        if not (math.isfinite(self.eta_max) and self.eta_max > 0):
-            msg = f"ensemble.eta_max must be > 0, got {self.eta_max!r}"
-            raise ConfigError(msg)
-        if any(":" in h or "\x00" in h for h in self.horizons):
-            msg = "ensemble.horizons must not contain ':' (arm names are family:horizon)"
-            raise ConfigError(msg)
-        if self.base_weights is not None:
-            weights = {str(k): float(v) for k, v in self.base_weights.items()}
-            if any(not math.isfinite(v) or v < 0 for v in weights.values()) or not any(
-                v > 0 for v in weights.values()
-            ):
-                msg = "ensemble.base_weights must be finite, >= 0, and not all zero"
-                raise ConfigError(msg)
-            object.__setattr__(self, "base_weights", weights)
+    mode: EnsembleMode = "family"
+    families: Annotated[tuple[NonEmpty, ...], Field(min_length=1)] = (
+        "lightgbm",
+        "xgboost",
+        "ridge",
+        "mlp",
+        "lstm",
+    )
+    horizons: Annotated[tuple[NonEmpty, ...], Field(min_length=1), AfterValidator(_horizons)] = (
+        "5m",
+        "15m",
+        "60m",
+    )
+    blend_alpha: UnitInterval = 0.3
+    warm_start_steps: NonNegativeInt = 500
+    base_weights: Annotated[
+        dict[str, Annotated[FiniteFloat, Field(ge=0)]] | None, AfterValidator(_base_weights)
+    ] = None
+    gamma: PositiveFloat | None = None
+    eta: PositiveFloat | None = None
+    eta_max: PositiveFloat = 0.07
+    reward_range: Annotated[tuple[FiniteFloat, FiniteFloat], AfterValidator(_reward_range)] = (
+        -100.0,
+        100.0,
+    )
+    uniform_mix: Fraction = 0.0
+    unknown_arms: Literal["dead_letter", "add"] = "dead_letter"
+    share: Fraction = 0.0
 
     @property
     def arm_names(self) -> tuple[str, ...]:
@@ -181,47 +184,34 @@ class EnsembleConfig:
         return tuple(f"{f}:{h}" for f in self.families for h in self.horizons)
 
 
-@dataclass(frozen=True)
+@config_errors("kafka")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class KafkaConfig:
     """librdkafka settings passed through unchanged.
 
     ``common`` goes to every client (security settings: ``security.protocol``, ``sasl.*``,
-    ``ssl.*``); ``consumer``, ``producer`` and ``admin`` only to that client.
+    ``ssl.*``); ``consumer``, ``producer`` and ``admin`` only to that client. Numbers and booleans
+    become strings (librdkafka takes strings); secret values are masked in ``repr``.
     """
 
-    common: Mapping[str, str] = field(default_factory=dict)
-    consumer: Mapping[str, str] = field(default_factory=dict)
-    producer: Mapping[str, str] = field(default_factory=dict)
-    admin: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("common", "consumer", "producer", "admin"):
-            value = getattr(self, name)
-            if not isinstance(value, Mapping):
-                msg = f"kafka.{name} must be a mapping of librdkafka settings"
-                raise ConfigError(msg)
-            object.__setattr__(self, name, _SecretDict({str(k): str(v) for k, v in value.items()}))
+    common: SecretMap = field(default_factory=SecretDict)
+    consumer: SecretMap = field(default_factory=SecretDict)
+    producer: SecretMap = field(default_factory=SecretDict)
+    admin: SecretMap = field(default_factory=SecretDict)
 
 
-@dataclass(frozen=True)
+@config_errors("limits")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class LimitsConfig:
     """Input limits; anything beyond them is dead-lettered as ``oversize``."""
 
-    max_message_bytes: int = 65536
-    max_string_length: int = 256
-    max_map_entries: int = 64
-
-    def __post_init__(self) -> None:
-        if min(self.max_message_bytes, self.max_string_length, self.max_map_entries) <= 0:
-            msg = "limits.* must be positive"
-            raise ConfigError(msg)
+    max_message_bytes: PositiveInt = 65536
+    max_string_length: PositiveInt = 256
+    max_map_entries: PositiveInt = 64
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
+@config_errors("attribution")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class AttributionConfig:
     """The reward join (DESIGN §3b, README "Reward join"): each decision's reward counts once.
 
@@ -235,55 +225,33 @@ class AttributionConfig:
     """
 
     enabled: bool = True
-    window_ms: int = 3_600_000
-    grace_ms: int = 300_000
-    max_entries: int | None = 5_000_000
-    unknown: str = "accept"
-    late: str = "drop"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            msg = f"attribution.enabled must be true or false, got {self.enabled!r}"
-            raise ConfigError(msg)
-        if not _is_int(self.window_ms) or self.window_ms <= 0:
-            msg = f"attribution.window_ms must be a positive integer, got {self.window_ms!r}"
-            raise ConfigError(msg)
-        if not _is_int(self.grace_ms) or self.grace_ms < 0:
-            msg = f"attribution.grace_ms must be an integer >= 0, got {self.grace_ms!r}"
-            raise ConfigError(msg)
-        if self.max_entries is not None and (
-            not _is_int(self.max_entries) or self.max_entries <= 0
-        ):
-            got = self.max_entries
-            msg = f"attribution.max_entries must be a positive integer or null, got {got!r}"
-            raise ConfigError(msg)
-        if self.unknown not in ("accept", "dead_letter"):
-            msg = f"attribution.unknown must be 'accept' or 'dead_letter', got {self.unknown!r}"
-            raise ConfigError(msg)
-        if self.late not in ("drop", "apply"):
-            msg = f"attribution.late must be 'drop' or 'apply', got {self.late!r}"
-            raise ConfigError(msg)
+    window_ms: PositiveInt = 3_600_000
+    grace_ms: NonNegativeInt = 300_000
+    max_entries: PositiveInt | None = 5_000_000
+    unknown: Literal["accept", "dead_letter"] = "accept"
+    late: Literal["drop", "apply"] = "drop"
 
 
-@dataclass(frozen=True)
+@config_errors("")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class AppConfig:
     """Everything one stage instance needs. See README "Configuration" for each setting."""
 
-    app_id: str = "bandit-processor"
-    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: Annotated[str, AfterValidator(_name)] = "bandit-processor"
+    bootstrap_servers: NonEmpty = "127.0.0.1:9092"
     instance_id: str | None = None
-    processing_guarantee: str = "exactly_once"
-    commit_interval_ms: int = 100
-    commit_every_events: int = 20000
-    max_batch_events: int = 5000
-    poll_timeout_ms: int = 5
-    transaction_timeout_ms: int = 10000
-    state_format: str = "packed"
-    operation_timeout_s: float = 30.0
-    retry_budget_s: float = 60.0
-    metrics_port: int | None = 9400
-    schema_registry_url: str | None = None
-    schema_registry: Mapping[str, str] = field(default_factory=dict)
+    processing_guarantee: Guarantee = "exactly_once"
+    commit_interval_ms: PositiveInt = 100
+    commit_every_events: PositiveInt = 20000
+    max_batch_events: PositiveInt = 5000
+    poll_timeout_ms: PositiveInt = 5
+    transaction_timeout_ms: PositiveInt = 10000
+    state_format: StateFormat = "packed"
+    operation_timeout_s: PositiveFloat = 30.0
+    retry_budget_s: PositiveFloat = 60.0
+    metrics_port: Port | None = DEFAULT_METRICS_PORT
+    schema_registry_url: Url | None = None
+    schema_registry: SecretMap = field(default_factory=SecretDict)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     bidding: BiddingConfig = field(default_factory=BiddingConfig)
     safety: SafetyConstraints = field(default_factory=SafetyConstraints)
@@ -291,44 +259,6 @@ class AppConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
-
-    def __post_init__(self) -> None:
-        if not self.app_id or any(c.isspace() for c in self.app_id):
-            msg = f"app_id must be a non-empty name without spaces, got {self.app_id!r}"
-            raise ConfigError(msg)
-        if not self.bootstrap_servers:
-            msg = "bootstrap_servers is required (--bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS)"
-            raise ConfigError(msg)
-        if self.processing_guarantee not in GUARANTEES:
-            got = self.processing_guarantee
-            msg = f"processing_guarantee must be one of {GUARANTEES}, got {got!r}"
-            raise ConfigError(msg)
-        if self.state_format not in STATE_FORMATS:
-            got = self.state_format
-            msg = f"state_format must be one of {STATE_FORMATS}, got {got!r}"
-            raise ConfigError(msg)
-        positive = (
-            "commit_interval_ms",
-            "commit_every_events",
-            "max_batch_events",
-            "poll_timeout_ms",
-            "transaction_timeout_ms",
-        )
-        for name in positive:
-            if int(getattr(self, name)) <= 0:
-                msg = f"{name} must be > 0"
-                raise ConfigError(msg)
-        if self.operation_timeout_s <= 0 or self.retry_budget_s <= 0:
-            msg = "operation_timeout_s and retry_budget_s must be > 0"
-            raise ConfigError(msg)
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            msg = f"metrics_port must be in 0..65535 or null, got {self.metrics_port}"
-            raise ConfigError(msg)
-        object.__setattr__(
-            self,
-            "schema_registry",
-            _SecretDict({str(k): str(v) for k, v in self.schema_registry.items()}),
-        )
 
     @property
     def exactly_once(self) -> bool:
@@ -345,43 +275,34 @@ class AppConfig:
         return dataclasses.replace(self, **changes)
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    "topics": TopicsConfig,
-    "safety": SafetyConstraints,
-    "ensemble": EnsembleConfig,
-    "kafka": KafkaConfig,
-    "limits": LimitsConfig,
-    "attribution": AttributionConfig,
-}
+_ADAPTER: TypeAdapter[AppConfig] = TypeAdapter(AppConfig)
 
 
-def config_from_dict(data: Mapping[str, Any]) -> AppConfig:
-    """Build an :class:`AppConfig` from nested plain data (as parsed from YAML)."""
+def config_from_dict(data: Mapping[str, Any], *, origin: Origin | None = None) -> AppConfig:
+    """Build an :class:`AppConfig` from nested plain data (as parsed from YAML).
+
+    Args:
+        data: The settings.
+        origin: Says where the value of a setting came from, for the error lines.
+
+    Raises:
+        ConfigError: One line per unknown or invalid setting.
+    """
     if not isinstance(data, Mapping):
         msg = "the configuration must be a mapping at the top level"
         raise ConfigError(msg)
-    _reject_unknown(AppConfig, data, "the configuration")
-    values: dict[str, Any] = dict(data)
-    for name, cls in _SECTIONS.items():
-        if name in values:
-            values[name] = _build(cls, values[name], name)
-    if "bidding" in values and not isinstance(values["bidding"], BiddingConfig):
-        raw = values["bidding"]
-        if not isinstance(raw, Mapping):
-            msg = "bidding must be a mapping"
-            raise ConfigError(msg)
-        values["bidding"] = BiddingConfig.from_dict(raw)
     try:
-        return AppConfig(**values)
-    except TypeError as exc:
-        msg = f"invalid configuration: {exc}"
-        raise ConfigError(msg) from exc
+        return _ADAPTER.validate_python({str(k): v for k, v in data.items()})
+    except ValidationError as exc:
+        raise config_error(exc, AppConfig, origin=origin) from None
 
 
-def load_config(path: str | Path | None) -> AppConfig:
-    """Load YAML from ``path`` (``None`` gives the defaults)."""
-    if path is None:
-        return AppConfig()
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file at ``path`` (empty file: ``{}``).
+
+    Raises:
+        ConfigError: The file cannot be read, is not YAML or not a mapping.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -390,6 +311,40 @@ def load_config(path: str | Path | None) -> AppConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        msg = f"config file {path} is not valid YAML: {exc}"
+        detail = " ".join(str(exc).split())
+        msg = f"config file {path} is not valid YAML: {detail}"
         raise ConfigError(msg) from exc
-    return config_from_dict(data or {})
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        msg = f"config file {path} must hold a mapping of settings, got {type(data).__name__}"
+        raise ConfigError(msg)
+    return {str(k): v for k, v in data.items()}
+
+
+def load_config(path: str | Path | None) -> AppConfig:
+    """Load YAML from ``path`` (``None`` gives the defaults). The environment is not read."""
+    if path is None:
+        return AppConfig()
+    return config_from_dict(read_yaml(path))
+
+
+def config_to_dict(config: AppConfig, *, masked: bool = True) -> dict[str, Any]:
+    """Plain data (JSON types) of ``config``; secret values ``***`` unless ``masked=False``.
+
+    ``config_from_dict(config_to_dict(c, masked=False)) == c``.
+    """
+    data: dict[str, Any] = _ADAPTER.dump_python(config, mode="json")
+    if not masked:
+        return data
+    if data.get("schema_registry_url"):
+        data["schema_registry_url"] = mask_url(data["schema_registry_url"])
+    return mask_secrets(data)
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the YAML configuration file, for editors."""
+    schema: dict[str, Any] = _ADAPTER.json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bandit-processor configuration"
+    return schema

@@ -47,6 +47,8 @@ class InstanceClaim:
         )
         host = socket.gethostname()
         self._handle: IO[str] | None = None
+        #: The host-local slot (0 for the first instance of the app on this host).
+        self.slot = 0
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -64,6 +66,7 @@ class InstanceClaim:
                 handle.close()
                 continue
             self._handle = handle
+            self.slot = slot
             self.instance_id = f"{host}-{slot}"
             return
         msg = f"no free instance slot for app {app_id} on {host} (max {max_slots})"

@@ -8,6 +8,7 @@ re-exports them.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from processor.errors import ConfigError
 from processor.observability.families import READY, REGISTRY, UP
 
 # The endpoint logs under the public module's name (as it did before it got its own module).
@@ -86,9 +88,26 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(port: int, health: Health, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """Start the metrics / health endpoint in a daemon thread; return the server."""
+    """Start the metrics / health endpoint in a daemon thread; return the server.
+
+    Raises:
+        ConfigError: The port cannot be bound (in use, or privileged); the message names the
+            port and the flag that changes it.
+    """
     handler = type("Handler", (_Handler,), {"health": health})
-    server = ThreadingHTTPServer((host, port), handler)
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        why = (
+            "is already in use (another instance or program on this host)"
+            if exc.errno == errno.EADDRINUSE
+            else f"cannot be bound on {host}: {exc.strerror or exc}"
+        )
+        msg = (
+            f"metrics port {port} {why}; choose another with --metrics-port N "
+            "(0 picks a free port, -1 disables; env BANDIT_METRICS_PORT, config metrics_port)"
+        )
+        raise ConfigError(msg) from exc
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     logger.info("metrics on http://%s:%d/metrics", host, server.server_address[1])

@@ -3,38 +3,46 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic.dataclasses import dataclass
 
 from processor.bandits.normal_gamma import check_value_prior
+from processor.config_types import (
+    MODEL_CONFIG,
+    FiniteFloat,
+    Fraction,
+    Int,
+    PositiveFloat,
+    PositiveInt,
+    config_errors,
+)
 from processor.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-REWARD_DEFINITIONS = ("conversions", "clicks", "profit", "roi")
+Reward = Literal["conversions", "clicks", "profit", "roi"]
+SuccessRule = Literal["positive", "bernoulli"]
+Objective = Literal["auto", "binary", "value"]
+REWARD_DEFINITIONS: tuple[str, ...] = get_args(Reward)
 VALUE_REWARDS = ("profit", "roi")
-SUCCESS_RULES = ("positive", "bernoulli")
-OBJECTIVES = ("auto", "binary", "value")
+SUCCESS_RULES: tuple[str, ...] = get_args(SuccessRule)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 __all__ = ["OBJECTIVES", "REWARD_DEFINITIONS", "SUCCESS_RULES", "ArmSpec", "BiddingConfig"]
 
 
-@dataclass(frozen=True)
+@config_errors("bidding.arms")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class ArmSpec:
     """What an arm does to the request's base bid and base budget."""
 
-    bid_multiplier: float
-    budget_multiplier: float
-
-    def __post_init__(self) -> None:
-        for name in ("bid_multiplier", "budget_multiplier"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                msg = f"bidding.arms: {name} must be a finite number > 0, got {v!r}"
-                raise ConfigError(msg)
+    bid_multiplier: PositiveFloat
+    budget_multiplier: PositiveFloat
 
 
 def _default_arms() -> dict[str, ArmSpec]:
@@ -48,12 +56,38 @@ def _default_arms() -> dict[str, ArmSpec]:
     }
 
 
-@dataclass(frozen=True)
+def _arms_from_pairs(value: Any) -> Any:
+    # An arm may be written ``[bid, budget]``; pydantic builds ArmSpec from a mapping.
+    if not isinstance(value, Mapping):
+        return value
+    return {
+        name: (
+            {"bid_multiplier": spec[0], "budget_multiplier": spec[1]}
+            if isinstance(spec, list | tuple) and len(spec) == 2
+            else spec
+        )
+        for name, spec in value.items()
+    }
+
+
+Arms = Annotated[
+    Mapping[str, ArmSpec],
+    BeforeValidator(
+        _arms_from_pairs,
+        json_schema_input_type=dict[str, ArmSpec | tuple[PositiveFloat, PositiveFloat]],
+    ),
+    Field(min_length=1),
+]
+
+
+@config_errors("bidding")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class BiddingConfig:
     """Bidding policy settings.
 
     Attributes:
-        arms: Arm name → :class:`ArmSpec` (order = arm index order).
+        arms: Arm name → :class:`ArmSpec` (order = arm index order); in YAML an arm is
+            ``[bid, budget]`` or ``{bid_multiplier: .., budget_multiplier: ..}``.
         conservative_arm: Arm used in emergency mode and as the guardrails' fallback.
         explore_budget_jitter: Exploring decisions' budget × U(1 − this, 1 + this).
         explore_bid_jitter: Exploring decisions' bid × U(1 − this, 1 + this).
@@ -81,58 +115,30 @@ class BiddingConfig:
         seed: Policy seed of every decision's randomness.
     """
 
-    arms: Mapping[str, ArmSpec] = field(default_factory=_default_arms)
+    arms: Arms = field(default_factory=_default_arms)
     conservative_arm: str = "conservative"
-    explore_budget_jitter: float = 0.10
-    explore_bid_jitter: float = 0.05
-    prior_alpha: float = 1.0
-    prior_beta: float = 1.0
-    discount: float = 1.0
-    discount_unit_ms: int = 3_600_000
-    reward: str = "profit"
-    success_rule: str = "positive"
-    objective: str = "auto"
-    value_prior: str = "pooled"
-    value_prior_mean: float = 0.0
-    value_prior_count: float = 1.0
-    value_prior_shape: float = 50.0
-    value_prior_rate: float = 1e-9
-    seed: int = 0
+    explore_budget_jitter: Fraction = 0.10
+    explore_bid_jitter: Fraction = 0.05
+    prior_alpha: PositiveFloat = 1.0
+    prior_beta: PositiveFloat = 1.0
+    discount: Annotated[FiniteFloat, Field(gt=0, le=1)] = 1.0
+    discount_unit_ms: PositiveInt = 3_600_000
+    reward: Reward = "profit"
+    success_rule: SuccessRule = "positive"
+    objective: Objective = "auto"
+    value_prior: Literal["pooled", "fixed"] = "pooled"
+    value_prior_mean: FiniteFloat = 0.0
+    value_prior_count: PositiveFloat = 1.0
+    value_prior_shape: PositiveFloat = 50.0
+    value_prior_rate: PositiveFloat = 1e-9
+    seed: Int = 0
 
-    def __post_init__(self) -> None:
-        arms = {str(k): _arm_spec(k, v) for k, v in dict(self.arms).items()}
-        object.__setattr__(self, "arms", arms)
-        if not arms:
-            msg = "bidding.arms must name at least one arm"
-            raise ConfigError(msg)
-        if self.conservative_arm not in arms:
-            msg = f"bidding.conservative_arm {self.conservative_arm!r} is not one of the arms"
-            raise ConfigError(msg)
-        for name in ("explore_budget_jitter", "explore_bid_jitter"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                msg = f"bidding.{name} must be in [0, 1), got {v!r}"
-                raise ConfigError(msg)
-        for name in ("prior_alpha", "prior_beta"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                msg = f"bidding.{name} must be > 0, got {v!r}"
-                raise ConfigError(msg)
-        if not 0.0 < self.discount <= 1.0:
-            msg = f"bidding.discount must be in (0, 1], got {self.discount!r}"
-            raise ConfigError(msg)
-        if self.discount_unit_ms <= 0:
-            msg = "bidding.discount_unit_ms must be > 0"
-            raise ConfigError(msg)
-        if self.reward not in REWARD_DEFINITIONS:
-            msg = f"bidding.reward must be one of {REWARD_DEFINITIONS}, got {self.reward!r}"
-            raise ConfigError(msg)
-        if self.success_rule not in SUCCESS_RULES:
-            msg = f"bidding.success_rule must be one of {SUCCESS_RULES}"
-            raise ConfigError(msg)
-        if self.objective not in OBJECTIVES:
-            msg = f"bidding.objective must be one of {OBJECTIVES}, got {self.objective!r}"
-            raise ConfigError(msg)
+    @model_validator(mode="after")
+    def _check(self) -> BiddingConfig:
+        if self.conservative_arm not in self.arms:
+            arms = ", ".join(self.arms)
+            msg = f"conservative_arm {self.conservative_arm!r} is not one of the arms ({arms})"
+            raise ValueError(msg)
         try:
             check_value_prior(
                 self.value_prior_mean,
@@ -142,8 +148,9 @@ class BiddingConfig:
                 self.value_prior,
             )
         except ConfigError as exc:
-            msg = f"bidding.value_{exc}"
-            raise ConfigError(msg) from exc
+            msg = f"value_{exc}"
+            raise ValueError(msg) from exc
+        return self
 
     @property
     def value_objective(self) -> bool:
@@ -163,30 +170,9 @@ class BiddingConfig:
         ``{name: {bid_multiplier: .., budget_multiplier: ..}}``.
 
         Raises:
-            ConfigError: Unknown key or invalid value.
+            ConfigError: Unknown key or invalid value (one line per bad setting).
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            msg = f"bidding: unknown settings {unknown}"
+        if not isinstance(mapping, Mapping):
+            msg = f"bidding must be a mapping, got {type(mapping).__name__}"
             raise ConfigError(msg)
-        return cls(**dict(mapping))
-
-
-def _arm_spec(name: Any, value: Any) -> ArmSpec:
-    if isinstance(value, ArmSpec):
-        return value
-    if isinstance(value, Mapping):
-        extra = set(value) - {"bid_multiplier", "budget_multiplier"}
-        if extra:
-            msg = f"bidding.arms.{name}: unknown settings {sorted(extra)}"
-            raise ConfigError(msg)
-        try:
-            return ArmSpec(float(value["bid_multiplier"]), float(value["budget_multiplier"]))
-        except KeyError as exc:
-            msg = f"bidding.arms.{name}: missing {exc}"
-            raise ConfigError(msg) from exc
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return ArmSpec(float(value[0]), float(value[1]))
-    msg = f"bidding.arms.{name}: expected [bid, budget] or a mapping, got {value!r}"
-    raise ConfigError(msg)
+        return cls(**{str(k): v for k, v in mapping.items()})

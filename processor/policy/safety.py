@@ -11,12 +11,23 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import AfterValidator, Field, model_validator
+from pydantic.dataclasses import dataclass
 
+from processor.config_types import (
+    MODEL_CONFIG,
+    FiniteFloat,
+    Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    config_errors,
+)
 from processor.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -53,8 +64,8 @@ GUARDRAIL_NAMES: tuple[str, ...] = (
 VIOLATION_NAMES: tuple[str, ...] = ("overspend", "low_roas", "high_cpa")
 V_OVERSPEND, V_LOW_ROAS, V_HIGH_CPA = (np.int64(1 << i) for i in range(len(VIOLATION_NAMES)))
 
-_RESTRICTED_ACTIONS = ("block", "conservative")
 _DAY_MS = 86_400_000
+_DEFAULT_MIN_ROAS = 0.5
 # Settings of 0.2 that the evidence-based guardrails replaced: accepted, warned about, unused.
 _RETIRED = {
     "safety_violation_limit": "emergency is entered on evidence (emergency_confidence)",
@@ -64,7 +75,26 @@ _RETIRED = {
 }
 
 
-@dataclass(frozen=True)
+def _hour_range(pair: tuple[int, int]) -> tuple[int, int]:
+    start, end = pair
+    if not (0 <= start <= 23 and 0 <= end <= 24):
+        msg = f"bad hour range ({start}, {end}): start in 0..23, end in 0..24"
+        raise ValueError(msg)
+    return pair
+
+
+def _pacing_profile(profile: tuple[float, ...]) -> tuple[float, ...]:
+    if profile and (len(profile) != 24 or sum(profile) <= 0):
+        msg = "should be 24 weights >= 0 (one per local hour), not all 0, or empty"
+        raise ValueError(msg)
+    return profile
+
+
+HourRange = Annotated[tuple[Int, Int], AfterValidator(_hour_range)]
+
+
+@config_errors("safety")
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class SafetyConstraints:
     """Guardrail settings: the original design's names and defaults, now acting on evidence.
 
@@ -104,86 +134,41 @@ class SafetyConstraints:
         baseline_alpha: Retired (0.2: EWMA weight of the baseline).
     """
 
-    max_budget_deviation: float = 0.2
-    min_roas: float = 0.5
-    min_roi_threshold: float | None = None
-    max_cpa_multiplier: float = 2.0
+    max_budget_deviation: NonNegativeFloat = 0.2
+    min_roas: NonNegativeFloat = _DEFAULT_MIN_ROAS
+    min_roi_threshold: FiniteFloat | None = None
+    max_cpa_multiplier: PositiveFloat = 2.0
     blacklisted_audiences: tuple[str, ...] = ()
-    restricted_times: tuple[tuple[int, int], ...] = ()
-    max_budget_risk: float = 0.1
-    restricted_action: str = "block"
-    overspend_tolerance: float = 0.1
-    emergency_confidence: float = 0.95
-    recovery_confidence: float = 0.5
-    evidence_half_life_ms: int = 7 * _DAY_MS
-    cvr_prior_conversions: float = 1.0
+    restricted_times: tuple[HourRange, ...] = ()
+    max_budget_risk: NonNegativeFloat = 0.1
+    restricted_action: Literal["block", "conservative"] = "block"
+    overspend_tolerance: NonNegativeFloat = 0.1
+    emergency_confidence: Annotated[FiniteFloat, Field(gt=0, lt=1)] = 0.95
+    recovery_confidence: Annotated[FiniteFloat, Field(gt=0, lt=1)] = 0.5
+    evidence_half_life_ms: NonNegativeInt = 7 * _DAY_MS
+    cvr_prior_conversions: PositiveFloat = 1.0
     pacing: bool = True
-    pacing_gain: float = 10.0
-    pacing_profile: tuple[float, ...] = ()
-    safety_threshold: float = 0.8
-    monitor_half_life_ms: int = 3_600_000
-    baseline_half_life_ms: int = _DAY_MS
-    min_observations: int = 100
-    safety_violation_limit: int | None = None
-    emergency_recovery_outcomes: int | None = None
-    monitor_alpha: float | None = None
-    baseline_alpha: float | None = None
+    pacing_gain: PositiveFloat = 10.0
+    pacing_profile: Annotated[tuple[NonNegativeFloat, ...], AfterValidator(_pacing_profile)] = ()
+    safety_threshold: Annotated[FiniteFloat, Field(ge=0, le=1)] = 0.8
+    monitor_half_life_ms: PositiveInt = 3_600_000
+    baseline_half_life_ms: PositiveInt = _DAY_MS
+    min_observations: NonNegativeInt = 100
+    safety_violation_limit: Int | None = None
+    emergency_recovery_outcomes: Int | None = None
+    monitor_alpha: FiniteFloat | None = None
+    baseline_alpha: FiniteFloat | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "blacklisted_audiences", tuple(self.blacklisted_audiences))
-        object.__setattr__(
-            self, "restricted_times", tuple((int(a), int(b)) for a, b in self.restricted_times)
-        )
-        object.__setattr__(self, "pacing_profile", tuple(float(w) for w in self.pacing_profile))
+    @model_validator(mode="after")
+    def _check(self) -> SafetyConstraints:
         self._deprecations()
-        for name in ("max_budget_deviation", "max_budget_risk", "overspend_tolerance"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                msg = f"safety.{name} must be a finite number >= 0, got {value!r}"
-                raise ConfigError(msg)
-        if not (math.isfinite(self.min_roas) and self.min_roas >= 0):
-            msg = f"safety.min_roas must be a finite number >= 0, got {self.min_roas!r}"
-            raise ConfigError(msg)
-        if not (math.isfinite(self.max_cpa_multiplier) and self.max_cpa_multiplier > 0):
-            msg = f"safety.max_cpa_multiplier must be > 0, got {self.max_cpa_multiplier!r}"
-            raise ConfigError(msg)
-        if not 0.0 < self.recovery_confidence < self.emergency_confidence < 1.0:
+        if not self.recovery_confidence < self.emergency_confidence:
             msg = (
-                "safety: need 0 < recovery_confidence < emergency_confidence < 1, got "
+                "need 0 < recovery_confidence < emergency_confidence < 1, got "
                 f"{self.recovery_confidence!r} and {self.emergency_confidence!r}"
             )
-            raise ConfigError(msg)
-        if not 0.0 <= self.safety_threshold <= 1.0:
-            msg = f"safety.safety_threshold must be in [0, 1], got {self.safety_threshold!r}"
-            raise ConfigError(msg)
-        for name in ("evidence_half_life_ms", "min_observations"):
-            if getattr(self, name) < 0:
-                msg = f"safety.{name} must be >= 0, got {getattr(self, name)}"
-                raise ConfigError(msg)
-        for name in ("monitor_half_life_ms", "baseline_half_life_ms"):
-            if getattr(self, name) <= 0:
-                msg = f"safety.{name} must be > 0, got {getattr(self, name)}"
-                raise ConfigError(msg)
-        for name in ("cvr_prior_conversions", "pacing_gain"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                msg = f"safety.{name} must be a finite number > 0, got {value!r}"
-                raise ConfigError(msg)
-        profile = self.pacing_profile
-        if profile and (
-            len(profile) != 24
-            or not all(math.isfinite(w) and w >= 0 for w in profile)
-            or sum(profile) <= 0
-        ):
-            msg = "safety.pacing_profile must be 24 weights >= 0 (one per local hour), not all 0"
-            raise ConfigError(msg)
-        if self.restricted_action not in _RESTRICTED_ACTIONS:
-            msg = f"safety.restricted_action must be one of {_RESTRICTED_ACTIONS}"
-            raise ConfigError(msg)
-        for start, end in self.restricted_times:
-            if not (0 <= start <= 23 and 0 <= end <= 24):
-                msg = f"safety.restricted_times: bad hour range ({start}, {end})"
-                raise ConfigError(msg)
+            raise ValueError(msg)
+        return self
 
     def _deprecations(self) -> None:
         if self.min_roi_threshold is not None:
@@ -191,19 +176,19 @@ class SafetyConstraints:
                 "safety.min_roi_threshold is deprecated: it is a ROAS floor (revenue / spend), "
                 "now named safety.min_roas"
             )
-            warnings.warn(msg, DeprecationWarning, stacklevel=4)
+            warnings.warn(msg, DeprecationWarning, stacklevel=2)
             logger.warning(msg)
-            if self.min_roas != type(self).min_roas and self.min_roas != self.min_roi_threshold:
-                msg = "safety: min_roas and its deprecated name min_roi_threshold disagree"
-                raise ConfigError(msg)
-            if not isinstance(self.min_roi_threshold, int | float):
-                msg = f"safety.min_roi_threshold must be a number, got {self.min_roi_threshold!r}"
-                raise ConfigError(msg)
+            if self.min_roas not in (_DEFAULT_MIN_ROAS, self.min_roi_threshold):
+                msg = "min_roas and its deprecated name min_roi_threshold disagree"
+                raise ValueError(msg)
+            if self.min_roi_threshold < 0:
+                msg = f"min_roi_threshold (min_roas) must be >= 0, got {self.min_roi_threshold!r}"
+                raise ValueError(msg)
             object.__setattr__(self, "min_roas", float(self.min_roi_threshold))
         for name, why in _RETIRED.items():
             if getattr(self, name) is not None:
                 msg = f"safety.{name} is no longer used and is ignored: {why}"
-                warnings.warn(msg, DeprecationWarning, stacklevel=4)
+                warnings.warn(msg, DeprecationWarning, stacklevel=2)
                 logger.warning(msg)
 
     @property
@@ -217,14 +202,12 @@ class SafetyConstraints:
         """Build from a mapping (YAML section), rejecting unknown keys.
 
         Raises:
-            ConfigError: Unknown key or invalid value.
+            ConfigError: Unknown key or invalid value (one line per bad setting).
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            msg = f"safety: unknown settings {unknown}"
+        if not isinstance(mapping, Mapping):
+            msg = f"safety must be a mapping, got {type(mapping).__name__}"
             raise ConfigError(msg)
-        return cls(**dict(mapping))
+        return cls(**{str(k): v for k, v in mapping.items()})
 
     def restricted_hour_table(self) -> B:
         """24 flags, True for restricted local hours."""

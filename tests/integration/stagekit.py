@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,9 +65,18 @@ class StageProcess:
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
+    #: No --instance-id / --metrics-port: the stage takes a host-local slot (locks under
+    #: ``lock_dir``) and serves on 9400 + slot; ``port`` is read from its log.
+    default_ports: bool = False
+    lock_dir: Path | None = None
 
     def start(self) -> StageProcess:
-        self.port = free_port()
+        if self.default_ports:
+            self.port = 0
+            ids: list[str] = []
+        else:
+            self.port = free_port()
+            ids = ["--instance-id", self.instance_id, "--metrics-port", str(self.port)]
         cmd = [
             sys.executable,
             "-m",
@@ -74,14 +84,13 @@ class StageProcess:
             "run",
             "--config",
             str(self.config_path),
-            "--instance-id",
-            self.instance_id,
-            "--metrics-port",
-            str(self.port),
+            *ids,
             *self.extra_args,
         ]
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.lock_dir is not None:
+            env["BANDIT_LOCK_DIR"] = str(self.lock_dir)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
@@ -90,6 +99,11 @@ class StageProcess:
         if self.proc.poll() is not None:
             msg = f"stage exited with {self.proc.returncode}:\n{self.log_tail()}"
             raise AssertionError(msg)
+        if not self.port:
+            found = re.search(r"metrics on http://\S+:(\d+)/metrics", self.log_tail(10_000))
+            if found is None:
+                return False
+            self.port = int(found.group(1))
         return stage_ready(self.port)
 
     def wait_ready(self, timeout: float = 60.0) -> StageProcess:

@@ -106,3 +106,37 @@ def test_at_least_once_answers_every_request_and_learns(bootstrap: str, tmp_path
     # Without a crash nothing is duplicated, and later decisions saw every earlier reward.
     assert len(decisions) == len(requests)
     assert max(d["policy_version"] for d in decisions) > 0
+
+
+def test_two_instances_with_default_ports_serve_metrics_on_9400_plus_slot(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    # Issue 17: with default settings the second instance on a host crashed with "Address already
+    # in use". Now each takes a host-local slot and serves on 9400 + slot.
+    config, path = app_config(bootstrap, tmp_path)
+    make_topics(config, 2)
+    locks = tmp_path / "locks"
+    stages = [
+        StageProcess(
+            config, path, "", tmp_path / f"stage{i}.log", default_ports=True, lock_dir=locks
+        )
+        for i in range(2)
+    ]
+    try:
+        for stage in stages:  # one after the other: the first takes slot 0
+            stage.start().wait_ready()
+        assert [stage.port for stage in stages] == [9400, 9401]
+        for stage in stages:
+            assert "bandit_processor_up 1.0" in stage.metrics()
+        # A port set explicitly that is taken: one line naming it and the flag, exit 2.
+        taken = cli("run", "--config", str(path), "--instance-id", "x", "--metrics-port", "9400")
+        assert taken.returncode == 2
+        errors = [line for line in taken.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1
+        assert "metrics port 9400 is already in use" in errors[0]
+        assert "--metrics-port N" in errors[0]
+        assert "Traceback" not in taken.stderr
+    finally:
+        for stage in stages:
+            if stage.proc is not None:
+                assert stage.stop() == 0, stage.log_tail()

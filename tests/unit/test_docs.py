@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from processor.cli import ENV, build_parser
-from processor.config import AppConfig, EnsembleConfig, KafkaConfig, LimitsConfig, TopicsConfig
+from processor.config import (
+    AppConfig,
+    AttributionConfig,
+    EnsembleConfig,
+    KafkaConfig,
+    LimitsConfig,
+    TopicsConfig,
+)
 from processor.kafka.acls import stage_grants
 from processor.policy.bidding import BiddingConfig
 from processor.policy.safety import SafetyConstraints
@@ -28,6 +35,7 @@ README = (ROOT / "README.md").read_text()
         EnsembleConfig,
         LimitsConfig,
         KafkaConfig,
+        AttributionConfig,
     ],
 )
 def test_every_setting_is_in_the_readme_config_table(cls: type) -> None:
@@ -53,9 +61,21 @@ def test_every_environment_variable_is_named_in_help_and_readme() -> None:
 
 
 def test_readme_commands_exist() -> None:
-    pattern = r"bandit-processor ((?:topics create)|(?:state show)|run|simulate|replay|export)\b"
+    pattern = (
+        r"bandit-processor ((?:topics create)|(?:state show)|(?:config show)|(?:config schema)"
+        r"|run|simulate|replay|export)\b"
+    )
     commands = set(re.findall(pattern, README))
-    assert commands == {"topics create", "state show", "run", "simulate", "replay", "export"}
+    assert commands == {
+        "topics create",
+        "state show",
+        "config show",
+        "config schema",
+        "run",
+        "simulate",
+        "replay",
+        "export",
+    }
     parser = build_parser()
     required = {
         "state": ["--key", "k"],
