@@ -58,7 +58,7 @@ bench: ## full benchmark on the real broker: table + bench-results/bench.json (u
 	.venv-bench/bin/python -m tests.perf.bench
 
 demo: $(STAMP) ## start a local broker, the stage and the simulator; live summary; stop cleanly
-	$(BIN)/python -m processor.demo
+	$(BIN)/python -m processor.cli.demo
 
 kafka-up: ## start the local single-node Kafka (KRaft) from Maven jars; prints the bootstrap address
 	$(KAFKA) start

@@ -1,11 +1,11 @@
 """Configuration: frozen, typed dataclasses (pydantic v2) validated when built, loaded from YAML.
 
 Precedence (highest first): CLI flags, environment variables, the YAML file, defaults. Only the CLI
-applies flags and environment variables (see :mod:`processor.settings`); this module knows YAML and
-plain mappings, so constructing :class:`AppConfig` never reads the environment. Every invalid
-setting is a :class:`~processor.errors.ConfigError` with one line per bad setting, naming it by its
-dotted path. librdkafka settings pass through unchanged in ``kafka.*`` mappings, and any setting
-whose name looks like a secret is masked in ``repr`` and logs.
+applies flags and environment variables (see :mod:`processor.cli.settings`); this module knows
+YAML and plain mappings, so constructing :class:`AppConfig` never reads the environment. Every
+invalid setting is a :class:`~processor.errors.ConfigError` with one line per bad setting, naming
+it by its dotted path. librdkafka settings pass through unchanged in ``kafka.*`` mappings, and
+any setting whose name looks like a secret is masked in ``repr`` and logs.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import numpy as np
 import yaml
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from processor.cli.commands import key_state_view
 from processor.codec.serde import SerdeRegistry
-from processor.commands import key_state_view
 from processor.config import AppConfig, TopicsConfig, config_from_dict
 from processor.engine import PartitionEngine
 from processor.kafka.clients import make_admin

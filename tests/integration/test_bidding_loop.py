@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from processor.cli.simulate import run_simulation
 from processor.policy.simulator import CampaignSpec, MarketSimulator
 from processor.policy.simulator_loop import held_back_at
-from processor.simulate import run_simulation
 from processor.testing import wait_for
 from tests.integration.stagekit import StageProcess, app_config, drained, make_topics, read_all
 

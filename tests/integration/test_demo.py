@@ -24,7 +24,7 @@ def test_demo_runs_prints_a_summary_and_stops_cleanly(bootstrap: str) -> None:
         "DEMO_INTERVAL": "1",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "processor.demo"],
+        [sys.executable, "-m", "processor.cli.demo"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.simulate import run_simulation
+from processor.cli.simulate import run_simulation
 from processor.testing import wait_for
 from tests.integration.stagekit import StageProcess, app_config, drained, make_topics
 from tests.unit.deploy.promkit import exported_names, promtool

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from processor.cli import build_parser
+from processor.cli.main import build_parser
+from processor.cli.replay import export, replay
+from processor.cli.simulate import run_simulation
 from processor.codec.serde import SerdeRegistry
-from processor.replay.commands import export, replay
 from processor.replay.source import read_topics
-from processor.simulate import run_simulation
 from processor.testing import create_topics, wait_for
 from tests.integration.stagekit import (
     StageProcess,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.simulate import run_simulation
+from processor.cli.simulate import run_simulation
 from processor.testing import wait_for
 from tests.integration.stagekit import (
     StageProcess,

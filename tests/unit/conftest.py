@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from processor.cli.settings import BOOTSTRAP_ENV, CLI_ONLY, ENV_PREFIX, NESTED_DELIMITER
 from processor.config import AppConfig
-from processor.settings import BOOTSTRAP_ENV, CLI_ONLY, ENV_PREFIX, NESTED_DELIMITER
 
 _SETTINGS = {f.name for f in dataclasses.fields(AppConfig)} | set(CLI_ONLY)
 
@@ -24,7 +24,7 @@ def _is_setting(name: str) -> bool:
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The CLI reads the environment (processor.settings): a shell variable such as
+    # The CLI reads the environment (processor.cli.settings): a shell variable such as
     # BANDIT_SAFETY__MIN_ROAS must not change what a test builds. BANDIT_KAFKA_CACHE and other
     # variables that are not settings stay.
     for name in list(os.environ):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.cli import build_config, build_parser
+from processor.cli.main import build_config, build_parser
 from processor.config import AppConfig, config_from_dict, load_config
 from processor.errors import ConfigError
 
@@ -78,7 +78,7 @@ def test_defaults_are_valid_and_family_horizon_arm_names() -> None:
 def test_cli_errors_exit_2_with_a_message(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from processor.cli import main
+    from processor.cli.main import main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("processing_guarantee: sometimes\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.cli import ENV, build_parser
+from processor.cli.main import ENV, build_parser
 from processor.config import (
     AppConfig,
     AttributionConfig,

@@ -25,9 +25,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "bandits": frozenset({"errors"}),
     "codec": frozenset({"errors", "processor"}),
     "state": frozenset({"codec", "errors", "processor"}),
-    "policy": frozenset({"bandits", "errors", "state"}),
+    "policy": frozenset({"bandits", "config_types", "errors", "state"}),
     "join": frozenset({"config", "errors", "policy", "state"}),
-    "config": frozenset({"errors", "policy"}),
+    "config_types": frozenset({"errors"}),
+    "config": frozenset({"config_types", "errors", "policy"}),
     "observability": frozenset({"errors", "processor"}),
     "kafka": frozenset({"config", "errors"}),
     "engine": frozenset(
@@ -79,7 +80,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
 }
 #: Parts that never touch a Kafka client (confluent_kafka), so they run and test without a broker.
-KAFKA_FREE = frozenset({"bandits", "codec", "config", "engine", "errors", "join", "policy"})
+KAFKA_FREE = frozenset(
+    {"bandits", "codec", "config", "config_types", "engine", "errors", "join", "policy"}
+)
 #: The one exception: the codec asks a schema registry for writer schemas (HTTP, no broker).
 KAFKA_FREE_EXCEPTIONS = frozenset({("codec", "confluent_kafka.schema_registry")})
 
@@ -140,10 +143,8 @@ def part(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "processor"
-    if parts[1] in ("__main__", "commands", "demo", "simulate") or (
-        parts[1] == "replay" and parts[-1] == "commands"
-    ):
-        return "cli"  # the command line, wherever its modules sit
+    if parts[1] == "__main__":
+        return "cli"  # python -m processor
     return parts[1]
 
 

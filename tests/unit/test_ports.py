@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from processor import commands, metrics
-from processor.cli import main
-from processor.commands import choose_metrics_port
+from processor.cli import commands, main
+from processor.cli.commands import choose_metrics_port
 from processor.config import DEFAULT_METRICS_PORT
 from processor.errors import ConfigError
 from processor.kafka.clients import InstanceClaim
+from processor.observability import metrics
 
 
 @pytest.fixture

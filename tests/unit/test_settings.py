@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from processor.cli import ENV, build_parser, main, resolve_args
+from processor.cli.main import ENV, build_parser, main, resolve_args
+from processor.cli.settings import resolve
 from processor.config import (
     AppConfig,
     config_from_dict,
@@ -18,7 +19,6 @@ from processor.config import (
     config_to_dict,
 )
 from processor.errors import ConfigError
-from processor.settings import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 

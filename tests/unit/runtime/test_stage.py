@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from processor.commands import key_state_view
+from processor.cli.commands import key_state_view
 from processor.config import AppConfig, KafkaConfig
 from processor.engine import PartitionEngine
 from processor.errors import ConfigError

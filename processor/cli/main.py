@@ -1,7 +1,7 @@
 """The ``bandit-processor`` command.
 
 Precedence of settings: flag > environment variable > ``--config`` YAML file > default
-(:mod:`processor.settings`). Every flag that has an environment variable names it in ``--help``;
+(:mod:`processor.cli.settings`). Every flag that has an environment variable names it in ``--help``;
 every other setting has one too (``BANDIT_SECTION__NAME``).
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from processor import __version__
+from processor.cli.settings import ENV, Resolved, command_settings, resolve
 from processor.config import AppConfig
 from processor.errors import ConfigError, ProcessorError
-from processor.settings import ENV, Resolved, command_settings, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def resolve_args(args: argparse.Namespace) -> Resolved:
 
 
 def build_config(args: argparse.Namespace) -> AppConfig:
-    """Merge YAML, environment and flags (see :func:`processor.settings.resolve`)."""
+    """Merge YAML, environment and flags (see :func:`processor.cli.settings.resolve`)."""
     return resolve_args(args).config
 
 
@@ -285,38 +285,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "config" and args.config_command == "schema":
-            from processor.commands import cmd_config_schema
+            from processor.cli.commands import cmd_config_schema
 
             return cmd_config_schema()
         setup_logging(*_logging_settings(args))
         resolved = resolve_args(args)
         config = resolved.config
         if args.command == "config":
-            from processor.commands import cmd_config_show
+            from processor.cli.commands import cmd_config_show
 
             return cmd_config_show(config, as_json=args.json)
         if args.command == "run":
-            from processor.commands import cmd_run
+            from processor.cli.commands import cmd_run
 
             return cmd_run(config, port_follows_slot="metrics_port" not in resolved.explicit)
         if args.command == "topics":
-            from processor.commands import cmd_topics_create
+            from processor.cli.commands import cmd_topics_create
 
             return cmd_topics_create(config, args.partitions, args.replication_factor)
         if args.command == "state":
-            from processor.commands import cmd_state_show
+            from processor.cli.commands import cmd_state_show
 
             return cmd_state_show(config, args.key, as_json=args.json)
         if args.command == "replay":
-            from processor.replay.commands import cmd_replay
+            from processor.cli.replay import cmd_replay
 
             return cmd_replay(config, args)
         if args.command == "export":
-            from processor.replay.commands import cmd_export
+            from processor.cli.replay import cmd_export
 
             return cmd_export(config, args)
         if args.command == "simulate":
-            from processor.simulate import cmd_simulate
+            from processor.cli.simulate import cmd_simulate
 
             return cmd_simulate(config, args)
     except ProcessorError as exc:

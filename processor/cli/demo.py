@@ -409,7 +409,7 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    """Entry point of ``python -m processor.demo`` (``make demo``)."""
+    """Entry point of ``python -m processor.cli.demo`` (``make demo``)."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         seconds = _env_number("DEMO_SECONDS", 60.0, 1.0)
