@@ -21,7 +21,6 @@ from processor.engine.ensemble_publish import publish_weights
 from processor.engine.ensembles import EnsembleTable
 from processor.engine.outputs import EngineOutputs, SourceBatch, dead_letter
 from processor.engine.requests import decide_requests
-from processor.engine.trades import process_trades
 from processor.engine.trades_columnar import TradeColumns, process_trade_columns
 from processor.errors import StateError
 from processor.join import RewardJoin
@@ -174,21 +173,20 @@ class PartitionEngine:
             self.join.log_decisions(decisions)
 
     def _trades(self, source: SourceBatch, out: EngineOutputs) -> None:
+        # one implementation for both decodes (the record path: oversize values, registry
+        # wire format); engine/trades.py's per-record version is the reference tests pin it to
         columnar = self.decode_columns(source, "TradeOutcome", out)
         if columnar is not None:
             cols, rows = columnar
-            if not rows.size:
-                return
-            n = int(rows.size)
-            trades = TradeColumns.from_columns(cols, rows)
-            rejected, changed = process_trade_columns(self.ensembles, trades)
+            trades = TradeColumns.from_columns(cols, rows) if rows.size else None
             idx: list[int] = rows.tolist()
         else:
             records, idx = self.decode(source, "TradeOutcome", out)
-            if not records:
-                return
-            n = len(records)
-            rejected, changed = process_trades(self.ensembles, records)
+            trades = TradeColumns.from_records(records) if records else None
+        if trades is None:
+            return
+        n = len(idx)
+        rejected, changed = process_trade_columns(self.ensembles, trades)
         for j, (error_class, reason) in rejected.items():
             dead_letter(out, source, idx[j], error_class, reason)
         out.trades_applied += n - len(rejected)

@@ -1,4 +1,8 @@
-"""Trade outcomes → ensemble updates, vectorized per run of one feedback kind.
+"""Trade outcomes → ensemble updates, record by record: the reference of the engine's path.
+
+The stage runs :func:`processor.engine.trades_columnar.process_trade_columns` for both decodes;
+this per-record version states the rules plainly, and tests pin the columnar path to it (same
+state, same dead letters in the same order).
 
 Each trade goes to the learner of its ensemble (in ``family_horizon`` mode: of its ensemble and
 horizon). A bandit-feedback arm or a reported model must belong to that learner: in
