@@ -8,8 +8,9 @@ old one left open. A wedged producer cannot be closed while the client is still 
 it is kept aside (``abandoned``) until that call returns; more than :data:`MAX_WEDGED` of them
 means this process should be restarted.
 
-At-least-once: a plain idempotent producer; delivery failures are collected by a callback and
-checked before offsets are committed.
+At-least-once: a plain idempotent producer. Every record carries the delivery callback of the
+commit cycle it was produced in (:class:`Deliveries`); a cycle's offsets are committed once every
+one of its records is acknowledged, without waiting for the records of later cycles.
 """
 
 from __future__ import annotations
@@ -30,6 +31,33 @@ logger = logging.getLogger(__name__)
 
 MAX_WEDGED = 3
 """Producers still stuck inside a client call that this process tolerates before it gives up."""
+
+
+class Deliveries:
+    """The records one at-least-once commit cycle produced, and their delivery reports.
+
+    Reports of one partition arrive in produce order, of different partitions in any order: so a
+    cycle is complete when its own count is, not when some count over all cycles is.
+    """
+
+    __slots__ = ("delivered", "errors", "produced")
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.delivered = 0
+        self.errors: list[str] = []
+
+    def report(self, err: KafkaError | None, _msg: Any) -> None:
+        """The producer's delivery callback (served by ``poll`` / ``flush``)."""
+        if err is None:
+            self.delivered += 1
+        else:
+            self.errors.append(err.str())
+
+    @property
+    def complete(self) -> bool:
+        """Every record produced has a report (successful or not)."""
+        return self.delivered + len(self.errors) >= self.produced
 
 
 class OutputProducer:
@@ -64,16 +92,13 @@ class OutputProducer:
         self.txn: Transactions | None = None
         self.generation = 0
         self.abandoned: list[tuple[Producer, Transactions]] = []
-        self.delivery_errors: list[str] = []
+        self.deliveries = Deliveries()
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         """Create the producer; in exactly-once mode ``init_transactions`` (fences zombies)."""
-        reports = (
-            {}
-            if self.exactly_once
-            else {"on_delivery": self._on_delivery, "delivery.report.only.error": True}
-        )
+        # at-least-once: successes are reported too (each record carries its cycle's callback)
+        reports = {} if self.exactly_once else {"delivery.report.only.error": False}
         producer = self._make(**reports)
         self.producer = producer
         self.generation += 1
@@ -99,7 +124,7 @@ class OutputProducer:
         old, txn = self.producer, self.txn
         self.producer = None
         self.txn = None
-        self.delivery_errors.clear()
+        self.deliveries = Deliveries()
         if old is None:
             return
         if txn is not None and txn.wedged:
@@ -161,25 +186,33 @@ class OutputProducer:
         producer = self.producer
         assert producer is not None
         produce = producer.produce
-        for key, value in pairs:
-            waited_since = 0.0
-            while True:
-                try:
-                    if partition is None:
-                        produce(topic, value, key)
-                    else:
-                        produce(topic, value, key, partition)
-                    break
-                except BufferError:
-                    now = time.monotonic()
-                    waited_since = waited_since or now
-                    if self.stopping.is_set() or now - waited_since > self.timeout_s:
-                        why = "the stage is stopping" if self.stopping.is_set() else "timed out"
-                        msg = f"output queue full and {why}: aborting the transaction"
-                        raise AbortRequiredError(msg) from None
-                    producer.poll(0.05)
-                except KafkaException as exc:
-                    raise self._produce_error(exc) from exc
+        deliveries = None if self.exactly_once else self.deliveries
+        extra: dict[str, Any] = {} if deliveries is None else {"on_delivery": deliveries.report}
+        queued = 0
+        try:
+            for key, value in pairs:
+                waited_since = 0.0
+                while True:
+                    try:
+                        if partition is None:
+                            produce(topic, value, key, **extra)
+                        else:
+                            produce(topic, value, key, partition, **extra)
+                        queued += 1
+                        break
+                    except BufferError:
+                        now = time.monotonic()
+                        waited_since = waited_since or now
+                        if self.stopping.is_set() or now - waited_since > self.timeout_s:
+                            why = "the stage is stopping" if self.stopping.is_set() else "timed out"
+                            msg = f"output queue full and {why}: aborting the transaction"
+                            raise AbortRequiredError(msg) from None
+                        producer.poll(0.05)
+                    except KafkaException as exc:
+                        raise self._produce_error(exc) from exc
+        finally:
+            if deliveries is not None:
+                deliveries.produced += queued
         metrics.EVENTS_PRODUCED.labels(topic).inc(len(pairs))
 
     def _produce_error(self, exc: KafkaException) -> Exception:
@@ -197,9 +230,10 @@ class OutputProducer:
         if self.producer is not None:
             self.producer.poll(0)
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self.delivery_errors.append(err.str())
+    def rotate(self) -> Deliveries:
+        """At-least-once: the deliveries of the cycle that ends now; later records get new ones."""
+        ended, self.deliveries = self.deliveries, Deliveries()
+        return ended
 
 
 def _close_in_background(producer: Producer) -> None:

@@ -12,9 +12,11 @@ open transaction is aborted (or left to the new producer's ``init_transactions``
 is dropped, the consumer rewinds to the committed offsets and the state is restored from the
 changelog. README "Faults" lists every failure class and what the stage does about it.
 
-In ``at_least_once`` mode there is no transaction: outputs and changelog are flushed, then offsets
-are committed. After a crash, events since the last offset commit are processed again, so a reward
-can be counted twice and a request answered twice; decisions are visible sooner.
+In ``at_least_once`` mode there is no transaction: decisions are produced as soon as they are made,
+and a cycle's offsets are committed (asynchronously) once every record it produced, changelog
+included, is acknowledged — the loop never waits for it (:class:`CommitCycle`). After a crash,
+events since the last offset commit are processed again, so a reward can be counted twice and a
+request answered twice; decisions are visible sooner.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from processor.errors import (
     TopologyError,
     TransactionError,
 )
-from processor.kafka.clients import Clients
+from processor.kafka.clients import Clients, consume_ready
 from processor.kafka.errors import CLIENT_ERRORS
 from processor.kafka.transaction import (
     AbortRequiredError,
@@ -226,7 +228,7 @@ class Stage(RebalanceCallbacks):
             self._settle(block=True)  # do not run ahead of a slow commit without bound
         # after a handler failed, its range is re-read one message at a time (PoisonTracker)
         n = self.poison.batch_size(self.config.max_batch_events)
-        msgs = self.consumer.consume(n, self.config.poll_timeout_ms / 1000)
+        msgs = consume_ready(self.consumer, n, self.config.poll_timeout_ms / 1000)
         if self._reset_reason is not None:
             return  # a rebalance callback inside consume() asked for a reset: handle it first
         if msgs:
@@ -320,7 +322,8 @@ class Stage(RebalanceCallbacks):
         self._reset_reason = None
 
     def _subscribe(self) -> Consumer:
-        consumer = self.kafka.consumer(self.config)
+        extra = {} if self.config.exactly_once else {"on_commit": self.cycle.on_offsets_committed}
+        consumer = self.kafka.consumer(self.config, **extra)
         consumer.subscribe(
             list(self.config.topics.inputs),
             on_assign=self._on_assign,
@@ -445,7 +448,7 @@ class Stage(RebalanceCallbacks):
     def _settle(self, block: bool) -> None:
         """Finish an in-flight commit (raising its error); then begin the next transaction with
         the outputs that waited for it."""
-        committed = self.cycle.settle(block)
+        committed = self.cycle.settle(block, self.out, self.consumer)
         if committed is None:
             return
         if committed:

@@ -209,3 +209,56 @@ def test_restart_restores_state_and_same_id_fences_the_older(
     newer.wait_ready(90)
     wait_for(lambda: drained(config), timeout=120, description="newer instance drained")
     assert newer.stop() == 0, newer.log_tail()
+
+
+def test_at_least_once_crashes_lose_nothing(bootstrap: str, tmp_path: Path) -> None:
+    # At-least-once commits a cycle's offsets asynchronously once its records (decisions and
+    # changelog) are acknowledged, while the loop goes on. SIGKILL right after commits, three
+    # times: every request is still answered and no reward is lost from the state (some may
+    # count twice: that is the guarantee's price, so only lower bounds are asserted).
+    config, path = app_config(
+        bootstrap,
+        tmp_path,
+        processing_guarantee="at_least_once",
+        commit_every_events=200,
+        max_batch_events=200,
+        **FAST_GROUP,
+    )
+    make_topics(config, partitions=3)
+    outcomes = outcome_records(30000, campaigns=12, arms=ARMS, seed=12)
+    requests = request_records(6000, campaigns=12, seed=12)
+    produce(config, config.topics.bid_outcomes, "BidOutcome", outcomes, "campaign_id")
+    produce(config, config.topics.bid_requests, "BidRequest", requests, "campaign_id")
+    log = tmp_path / "stage.log"
+    kills = 0
+    for _ in range(3):
+        before = committed_total(config, config.topics.bid_outcomes)
+        stage = StageProcess(config, path, "alo", log).start().wait_ready(timeout=90)
+        wait_for(
+            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
+            timeout=60,
+            interval=0.01,
+            description="an offset commit after the restart",
+        )
+        if drained(config):
+            stage.stop()
+            break
+        stage.kill()
+        kills += 1
+    assert kills == 3, "the input drained before three kills: make the input larger"
+    stage = StageProcess(config, path, "alo", log).start().wait_ready(timeout=90)
+    try:
+        wait_for(lambda: drained(config), timeout=180, description="input drained after crashes")
+    finally:
+        assert stage.stop() == 0, stage.log_tail()
+    decisions = read_all(
+        config, config.topics.bid_decisions, "BidDecision", isolation="read_uncommitted"
+    )
+    missing = {r["request_id"] for r in requests} - {d["request_id"] for d in decisions}
+    assert not missing, f"{len(missing)} requests unanswered, e.g. {sorted(missing)[:3]}"
+    views = committed_state(config)
+    for campaign, arms in expected_counts(outcomes).items():
+        counts = thompson_counts(views[("campaign", campaign)])
+        for arm, (succ, fail) in arms.items():
+            got = counts[arm]
+            assert got[0] >= succ and got[1] >= fail, (campaign, arm, got, (succ, fail))
