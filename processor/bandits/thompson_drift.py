@@ -41,17 +41,15 @@ def tv_bound(alpha: float, beta: float, success: bool) -> float:
     """Upper bound of TV(Beta(α, β), Beta(α + 1, β)) (a success) or of TV(Beta(α, β),
     Beta(α, β + 1)) (a failure): the closed form above, enlarged by its rounding error."""
     m = alpha / (alpha + beta)
-    terms = (
-        alpha * math.log(m),
-        beta * math.log1p(-m),
-        -math.lgamma(alpha),
-        -math.lgamma(beta),
-        math.lgamma(alpha + beta),
-        -math.log(alpha if success else beta),
-    )
+    t1 = alpha * math.log(m)  # <= 0
+    t2 = beta * math.log1p(-m)  # <= 0
+    t3 = math.lgamma(alpha)
+    t4 = math.lgamma(beta)
+    t5 = math.lgamma(alpha + beta)
+    t6 = math.log(alpha if success else beta)
     # every term is good to a few ulps of its own size: cover them all, then some
-    slack = 1e-14 * sum(abs(t) for t in terms) + 1e-12
-    return math.exp(math.fsum(terms) + slack)
+    slack = 1e-14 * (abs(t1) + abs(t2) + abs(t3) + abs(t4) + abs(t5) + abs(t6)) + 1e-12
+    return math.exp(math.fsum((t1, t2, -t3, -t4, t5, -t6)) + slack)
 
 
 class Drift:
@@ -63,7 +61,7 @@ class Drift:
         changes: The table's change counter they belong to.
     """
 
-    __slots__ = ("cdf", "changes", "hi", "last", "lo")
+    __slots__ = ("cdf", "changes", "hi", "last", "lo", "width")
 
     def __init__(self, probs: Sequence[float], last_active: int, changes: int) -> None:
         acc = 0.0
@@ -75,6 +73,7 @@ class Drift:
         self.hi = [0.0] * len(self.cdf)
         self.changes = changes
         self.last = last_active  # from there on C_j is the total, which u·C_K never reaches
+        self.width = 0.0  # every update widens every boundary by its TV: all widths are equal
 
     def note(self, col: int, success: bool, alpha: float, beta: float, changes: int) -> bool:
         """Widen the boundaries for a 0/1 update of column ``col`` whose posterior was
@@ -89,7 +88,8 @@ class Drift:
             else:
                 lo[j] -= tv
         self.changes = changes
-        return max((h - w for h, w in zip(hi, lo, strict=True)), default=0.0) <= _MAX_WIDTH
+        self.width += tv
+        return self.width <= _MAX_WIDTH
 
     def choose(self, u: float) -> int | None:
         """The column the exact inverse CDF gives for ``u``, or None if it is not certain."""
