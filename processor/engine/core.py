@@ -167,10 +167,13 @@ class PartitionEngine:
         records, _, _ = self.serdes["BidDecision"].decode_many(source.values)
         self.join.log_records(records, self.policy, self.campaigns)
 
-    def log_decisions(self, decisions: DecisionBatch) -> None:
-        """Log decisions this engine made (live; replay logs the recorded ones instead)."""
+    def log_decisions(
+        self, decisions: DecisionBatch, keys: npt.NDArray[np.uint64] | None = None
+    ) -> None:
+        """Log decisions this engine made (live; replay logs the recorded ones instead).
+        ``keys``: their :func:`~processor.join.reward_join.request_keys`, if already hashed."""
         if self.join is not None and self.decisions == "own":
-            self.join.log_decisions(decisions)
+            self.join.log_decisions(decisions, keys)
 
     def _trades(self, source: SourceBatch, out: EngineOutputs) -> None:
         # one implementation for both decodes (the record path: oversize values, registry

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from processor.codec.columnar_encode import encode_columns
 from processor.engine import outputs
 from processor.engine.outputs import EngineOutputs, MergedSource, SourceBatch, dead_letter
+from processor.join.reward_join import request_keys
 from processor.policy.batches import DecisionBatch, RequestBatch
 from processor.policy.bidding import LookedUp
 from processor.policy.safety import GUARDRAIL_NAMES
@@ -99,8 +100,12 @@ def decide_requests(
                 for (_, a, b), lu in zip(spans, looked, strict=True)
             ]
         )
-    for p, a, b in spans:  # the reward join's log of each partition (DESIGN §3b)
-        engines[p].log_decisions(decisions if len(spans) == 1 else decisions.take(slice(a, b)))
+    # the reward join's log of each partition (DESIGN §3b); the ids are hashed once for all
+    logged = first.join is not None and first.decisions == "own"
+    keys = request_keys(decisions.request_id) if logged else None
+    for p, a, b in spans:
+        part = decisions if len(spans) == 1 else decisions.take(slice(a, b))
+        engines[p].log_decisions(part, None if keys is None else keys[a:b])
     _emit(first, decisions, spans, outs)
 
 

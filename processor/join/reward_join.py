@@ -298,14 +298,16 @@ class RewardJoin:
         return events, np.where(plan.ev_retract, -1.0, 1.0)
 
     # ---- decisions --------------------------------------------------------------------------
-    def log_decisions(self, decisions: DecisionBatch) -> int:
-        """Log the policy's decisions (a request already in the log keeps its entry)."""
+    def log_decisions(self, decisions: DecisionBatch, keys: U8 | None = None) -> int:
+        """Log the policy's decisions (a request already in the log keeps its entry);
+        ``keys`` are their :func:`request_keys` when the caller hashed them already."""
         return self._log(
             decisions.request_id,
             decisions.campaign_id,
             decisions.arm_index,
             decisions.propensity,
             decisions.event_time,
+            keys,
         )
 
     def log_records(
@@ -327,13 +329,20 @@ class RewardJoin:
         )
 
     def _log(
-        self, request_id: Any, campaign_id: Any, arm: I64, propensity: F64, event_time: I64
+        self,
+        request_id: Any,
+        campaign_id: Any,
+        arm: I64,
+        propensity: F64,
+        event_time: I64,
+        keys: U8 | None = None,
     ) -> int:
         if not len(request_id):
             return 0
         log = self.log
         t = np.asarray(event_time, dtype=np.int64)
-        keys = request_keys(request_id)
+        if keys is None:
+            keys = request_keys(request_id)
         alive = np.flatnonzero(t >= log.lower_bound)  # an expired decision would be dead at once
         _, first = np.unique(keys[alive], return_index=True)
         first = alive[first]
