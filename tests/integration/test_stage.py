@@ -52,6 +52,49 @@ def assert_each_request_answered_once(config, requests) -> None:  # type: ignore
     assert not missing, f"{len(missing)} requests unanswered, e.g. {sorted(missing)[:3]}"
 
 
+class Input:
+    """Outcomes and requests produced so far; more are added when the stage drains too soon."""
+
+    def __init__(self, config, campaigns: int, seed: int) -> None:  # type: ignore[no-untyped-def]
+        self.config = config
+        self.campaigns = campaigns
+        self.seed = seed
+        self.outcomes: list[dict] = []  # type: ignore[type-arg]
+        self.requests: list[dict] = []  # type: ignore[type-arg]
+
+    def add(self, outcomes: int = 30000, requests: int = 6000) -> None:
+        c, seed = self.config, self.seed + len(self.outcomes)
+        o = outcome_records(outcomes, campaigns=self.campaigns, arms=ARMS, seed=seed)
+        r = request_records(requests, campaigns=self.campaigns, seed=seed)
+        produce(c, c.topics.bid_outcomes, "BidOutcome", o, "campaign_id")
+        produce(c, c.topics.bid_requests, "BidRequest", r, "campaign_id")
+        self.outcomes += o
+        self.requests += r
+
+
+def kill_three_times(config, path: Path, name: str, log: Path, data: Input) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL the stage right after it committed something more, three times, mid-stream
+    whatever its speed: when it drains the input before a kill, it is stopped and given more."""
+    kills = rounds = 0
+    while kills < 3:
+        rounds += 1
+        assert rounds <= 10, "the stage drains every input before a kill"
+        before = committed_total(config, config.topics.bid_outcomes)
+        stage = StageProcess(config, path, name, log).start().wait_ready(timeout=90)
+        wait_for(
+            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
+            timeout=60,
+            interval=0.01,
+            description="a commit after the restart",
+        )
+        if drained(config):
+            assert stage.stop() == 0, stage.log_tail()
+            data.add()
+            continue
+        stage.kill()
+        kills += 1
+
+
 def test_end_to_end_closed_loop(bootstrap: str, tmp_path: Path) -> None:
     config, path = app_config(bootstrap, tmp_path)
     make_topics(config, partitions=2)
@@ -109,35 +152,17 @@ def test_crash_mid_stream_restores_exact_state(bootstrap: str, tmp_path: Path) -
         bootstrap, tmp_path, commit_every_events=200, max_batch_events=200, **FAST_GROUP
     )
     make_topics(config, partitions=3)
-    outcomes = outcome_records(30000, campaigns=12, arms=ARMS, seed=11)
-    requests = request_records(6000, campaigns=12, seed=11)
-    produce(config, config.topics.bid_outcomes, "BidOutcome", outcomes, "campaign_id")
-    produce(config, config.topics.bid_requests, "BidRequest", requests, "campaign_id")
+    data = Input(config, campaigns=12, seed=11)
+    data.add()
     log = tmp_path / "stage.log"
-    kills = 0
-    for _ in range(3):
-        before = committed_total(config, config.topics.bid_outcomes)
-        stage = StageProcess(config, path, "crashy", log).start().wait_ready(timeout=90)
-        # SIGKILL right after the stage committed something more: mid-stream, whatever its speed
-        wait_for(
-            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
-            timeout=60,
-            interval=0.01,
-            description="a commit after the restart",
-        )
-        if drained(config):
-            stage.stop()
-            break
-        stage.kill()
-        kills += 1
-    assert kills == 3, "the input drained before three kills: make the input larger"
+    kill_three_times(config, path, "crashy", log, data)
     stage = StageProcess(config, path, "crashy", log).start().wait_ready(timeout=90)
     try:
         wait_for(lambda: drained(config), timeout=180, description="input drained after crashes")
     finally:
         assert stage.stop() == 0, stage.log_tail()
-    assert_exact_thompson(config, outcomes)
-    assert_each_request_answered_once(config, requests)
+    assert_exact_thompson(config, data.outcomes)
+    assert_each_request_answered_once(config, data.requests)
 
 
 def test_rebalance_survivor_restores_exact_state(bootstrap: str, tmp_path: Path) -> None:
@@ -225,27 +250,10 @@ def test_at_least_once_crashes_lose_nothing(bootstrap: str, tmp_path: Path) -> N
         **FAST_GROUP,
     )
     make_topics(config, partitions=3)
-    outcomes = outcome_records(30000, campaigns=12, arms=ARMS, seed=12)
-    requests = request_records(6000, campaigns=12, seed=12)
-    produce(config, config.topics.bid_outcomes, "BidOutcome", outcomes, "campaign_id")
-    produce(config, config.topics.bid_requests, "BidRequest", requests, "campaign_id")
+    data = Input(config, campaigns=12, seed=12)
+    data.add()
     log = tmp_path / "stage.log"
-    kills = 0
-    for _ in range(3):
-        before = committed_total(config, config.topics.bid_outcomes)
-        stage = StageProcess(config, path, "alo", log).start().wait_ready(timeout=90)
-        wait_for(
-            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
-            timeout=60,
-            interval=0.01,
-            description="an offset commit after the restart",
-        )
-        if drained(config):
-            stage.stop()
-            break
-        stage.kill()
-        kills += 1
-    assert kills == 3, "the input drained before three kills: make the input larger"
+    kill_three_times(config, path, "alo", log, data)
     stage = StageProcess(config, path, "alo", log).start().wait_ready(timeout=90)
     try:
         wait_for(lambda: drained(config), timeout=180, description="input drained after crashes")
@@ -254,10 +262,10 @@ def test_at_least_once_crashes_lose_nothing(bootstrap: str, tmp_path: Path) -> N
     decisions = read_all(
         config, config.topics.bid_decisions, "BidDecision", isolation="read_uncommitted"
     )
-    missing = {r["request_id"] for r in requests} - {d["request_id"] for d in decisions}
+    missing = {r["request_id"] for r in data.requests} - {d["request_id"] for d in decisions}
     assert not missing, f"{len(missing)} requests unanswered, e.g. {sorted(missing)[:3]}"
     views = committed_state(config)
-    for campaign, arms in expected_counts(outcomes).items():
+    for campaign, arms in expected_counts(data.outcomes).items():
         counts = thompson_counts(views[("campaign", campaign)])
         for arm, (succ, fail) in arms.items():
             got = counts[arm]
