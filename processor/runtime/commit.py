@@ -146,18 +146,16 @@ class CommitCycle:
         self.open = False
         return True
 
-    def settle(
-        self, block: bool, out: OutputProducer | None = None, consumer: Consumer | None = None
-    ) -> int | None:
+    def settle(self, block: bool, out: OutputProducer, consumer: Consumer | None) -> int | None:
         """The in-flight commit's outcome: the events it committed, ``None`` while it runs (only
-        when not ``block``), 0 without one. At-least-once (``out`` and ``consumer`` given):
-        commits the offsets of the cycles delivered so far.
+        when not ``block``), 0 without one. At-least-once: commits the offsets of the cycles
+        delivered so far.
 
         Raises:
             Whatever the commit raised (see :mod:`processor.kafka.transaction`);
             AbortRequiredError: at-least-once records were not delivered.
         """
-        if self.delivering and out is not None and consumer is not None:
+        if self.delivering and consumer is not None:
             return self._settle_delivered(block, out, consumer)
         inflight = self.inflight
         if inflight is None:

@@ -88,9 +88,10 @@ class Recovery:
         reason = self._reset_reason
         self.health.ready = False
         self.health.reason = f"recovering: {reason}"
+        self.cycle.delivering.clear()  # at-least-once: the rewind goes to what was committed
         if self.cycle.inflight is not None:
             try:  # whatever it did is in Kafka; the reset rewinds to what was committed
-                self.cycle.settle(block=True)
+                self.cycle.settle(True, self.out, self.consumer)
             except ProducerFailedError as exc:
                 self._producer_failed = self._producer_failed or exc
             except (AbortRequiredError, TransactionError) as exc:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,43 @@ def committed_state(config: AppConfig) -> dict[tuple[str, str], dict[str, Any]]:
             engine.restore(kind, key, state)
             views[(kind, key)] = key_state_view(engine, kind, key)
     return views
+
+
+def kill_mid_stream(
+    config: AppConfig, path: Path, name: str, log: Path, kills: int, more: Callable[[], None]
+) -> None:
+    """SIGKILL the stage right after it committed something more, ``kills`` times, mid-stream
+    whatever its speed: when it drains the input before a kill it is stopped and ``more()``
+    produces more input."""
+    done = rounds = 0
+    while done < kills:
+        rounds += 1
+        assert rounds <= kills + 7, "the stage drains every input before a kill"
+        before = committed_total(config, config.topics.bid_outcomes)
+        stage = StageProcess(config, path, name, log).start().wait_ready(timeout=90)
+        wait_for(
+            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
+            timeout=60,
+            interval=0.01,
+            description="a commit after the restart",
+        )
+        if drained(config):
+            assert stage.stop() == 0, stage.log_tail()
+            more()
+            continue
+        stage.kill()
+        done += 1
+
+
+def run_until_drained(config: AppConfig, path: Path, name: str, log: Path) -> str:
+    """Start the stage, wait until it has committed every input, stop it (exit 0); returns
+    its last ``/metrics`` text."""
+    stage = StageProcess(config, path, name, log).start().wait_ready(timeout=90)
+    try:
+        wait_for(lambda: drained(config), timeout=180, description="input drained")
+        return stage.metrics()
+    finally:
+        assert stage.stop() == 0, stage.log_tail()
 
 
 def thompson_counts(view: Mapping[str, Any], prior: float = 1.0) -> dict[str, tuple[float, float]]:

@@ -15,12 +15,13 @@ from tests.integration.stagekit import (
     StageProcess,
     app_config,
     committed_state,
-    committed_total,
     drained,
+    kill_mid_stream,
     make_topics,
     produce,
     read_all,
     request_records,
+    run_until_drained,
     thompson_counts,
 )
 
@@ -101,35 +102,15 @@ def test_redeliveries_across_sigkill_count_once(bootstrap: str, tmp_path: Path) 
     twice = outcomes + outcomes
     rng.shuffle(twice)  # every outcome twice, the copies anywhere in the stream
     produce(config, config.topics.bid_outcomes, "BidOutcome", twice, "campaign_id")
-    kills = rounds = 0
-    while kills < 2:
-        rounds += 1
-        assert rounds <= 10, "the stage drains every input before a kill"
-        before = committed_total(config, config.topics.bid_outcomes)
-        stage = StageProcess(config, path, "crashy", log).start().wait_ready(timeout=90)
-        # SIGKILL right after the stage committed something more: mid-stream, whatever its speed
-        wait_for(
-            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
-            timeout=60,
-            interval=0.01,
-            description="a commit after the restart",
-        )
-        if drained(config):
-            # faster than this input: stop it and redeliver more, so the kills land mid-stream
-            assert stage.stop() == 0, stage.log_tail()
-            more = rng.sample(outcomes, len(outcomes) // 2)
-            produce(config, config.topics.bid_outcomes, "BidOutcome", more, "campaign_id")
-            continue
-        stage.kill()
-        kills += 1
+
+    def redeliver() -> None:  # the stage was faster than this input: redeliver more of it
+        more = rng.sample(outcomes, len(outcomes) // 2)
+        produce(config, config.topics.bid_outcomes, "BidOutcome", more, "campaign_id")
+
+    kill_mid_stream(config, path, "crashy", log, 2, redeliver)
     third = rng.sample(outcomes, 800)  # and some a third time after the crashes
     produce(config, config.topics.bid_outcomes, "BidOutcome", third, "campaign_id")
-    stage = StageProcess(config, path, "crashy", log).start().wait_ready(timeout=90)
-    try:
-        wait_for(lambda: drained(config), timeout=180, description="drained after crashes")
-        text = stage.metrics()
-    finally:
-        assert stage.stop() == 0, stage.log_tail()
+    text = run_until_drained(config, path, "crashy", log)
     assert_counts(config, expected(outcomes))
     assert "bandit_processor_duplicate_outcomes_total" in text
     assert "bandit_processor_decision_log_entries{partition=" in text

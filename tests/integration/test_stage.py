@@ -16,14 +16,15 @@ from tests.integration.stagekit import (
     StageProcess,
     app_config,
     committed_state,
-    committed_total,
     drained,
     expected_counts,
+    kill_mid_stream,
     make_topics,
     outcome_records,
     produce,
     read_all,
     request_records,
+    run_until_drained,
     thompson_counts,
 )
 
@@ -70,29 +71,6 @@ class Input:
         produce(c, c.topics.bid_requests, "BidRequest", r, "campaign_id")
         self.outcomes += o
         self.requests += r
-
-
-def kill_three_times(config, path: Path, name: str, log: Path, data: Input) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL the stage right after it committed something more, three times, mid-stream
-    whatever its speed: when it drains the input before a kill, it is stopped and given more."""
-    kills = rounds = 0
-    while kills < 3:
-        rounds += 1
-        assert rounds <= 10, "the stage drains every input before a kill"
-        before = committed_total(config, config.topics.bid_outcomes)
-        stage = StageProcess(config, path, name, log).start().wait_ready(timeout=90)
-        wait_for(
-            lambda: committed_total(config, config.topics.bid_outcomes) > before,  # noqa: B023
-            timeout=60,
-            interval=0.01,
-            description="a commit after the restart",
-        )
-        if drained(config):
-            assert stage.stop() == 0, stage.log_tail()
-            data.add()
-            continue
-        stage.kill()
-        kills += 1
 
 
 def test_end_to_end_closed_loop(bootstrap: str, tmp_path: Path) -> None:
@@ -155,12 +133,8 @@ def test_crash_mid_stream_restores_exact_state(bootstrap: str, tmp_path: Path) -
     data = Input(config, campaigns=12, seed=11)
     data.add()
     log = tmp_path / "stage.log"
-    kill_three_times(config, path, "crashy", log, data)
-    stage = StageProcess(config, path, "crashy", log).start().wait_ready(timeout=90)
-    try:
-        wait_for(lambda: drained(config), timeout=180, description="input drained after crashes")
-    finally:
-        assert stage.stop() == 0, stage.log_tail()
+    kill_mid_stream(config, path, "crashy", log, 3, data.add)
+    run_until_drained(config, path, "crashy", log)
     assert_exact_thompson(config, data.outcomes)
     assert_each_request_answered_once(config, data.requests)
 
@@ -253,12 +227,8 @@ def test_at_least_once_crashes_lose_nothing(bootstrap: str, tmp_path: Path) -> N
     data = Input(config, campaigns=12, seed=12)
     data.add()
     log = tmp_path / "stage.log"
-    kill_three_times(config, path, "alo", log, data)
-    stage = StageProcess(config, path, "alo", log).start().wait_ready(timeout=90)
-    try:
-        wait_for(lambda: drained(config), timeout=180, description="input drained after crashes")
-    finally:
-        assert stage.stop() == 0, stage.log_tail()
+    kill_mid_stream(config, path, "alo", log, 3, data.add)
+    run_until_drained(config, path, "alo", log)
     decisions = read_all(
         config, config.topics.bid_decisions, "BidDecision", isolation="read_uncommitted"
     )
