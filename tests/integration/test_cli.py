@@ -93,9 +93,12 @@ def test_at_least_once_answers_every_request_and_learns(bootstrap: str, tmp_path
     outcomes = outcome_records(2000, campaigns=4, arms=["balanced", "aggressive"], seed=41)
     requests = request_records(500, campaigns=4, seed=41)
     produce(config, config.topics.bid_outcomes, "BidOutcome", outcomes, "campaign_id")
-    produce(config, config.topics.bid_requests, "BidRequest", requests, "campaign_id")
     stage = StageProcess(config, path, "alo", tmp_path / "stage.log").start().wait_ready()
     try:
+        # the stage does not order topics by event time: requests produced with the outcomes
+        # may be fetched (and decided) first, so they follow once the rewards are committed
+        wait_for(lambda: drained(config), timeout=90, description="rewards drained")
+        produce(config, config.topics.bid_requests, "BidRequest", requests, "campaign_id")
         wait_for(lambda: drained(config), timeout=90, description="drained")
     finally:
         assert stage.stop() == 0, stage.log_tail()
