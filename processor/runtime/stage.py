@@ -250,6 +250,14 @@ class Stage(Recovery, RebalanceCallbacks):
         self.health.ready = False
         self.health.reason = "stopped"
         if not clean:
+            # A commit still running on the committer thread holds a cycle processed to its
+            # end: let it finish (each call inside has a deadline) rather than abort under it —
+            # an abort racing the commit is not an operation the transaction allows.
+            if self.cycle.inflight is not None:
+                try:
+                    self.cycle.settle(True, self.out, self.consumer)
+                except Exception as exc:  # exiting anyway: what it did not commit is re-read
+                    logger.warning("the commit in flight at exit failed: %s", exc)
             # the close below triggers on_revoke: it must not commit anything now
             self.cycle.open = True
         if self.consumer is not None:
