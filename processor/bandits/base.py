@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, ClassVar
 
 import numpy as np
@@ -317,7 +318,7 @@ class KeyTable:
         """Row per key; new keys get fresh rows (or -1 when ``create`` is false)."""
         get = self._row.get
         if self._row:
-            out = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+            out = np.fromiter(map(get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
         else:
             out = np.full(len(keys), -1, dtype=np.int64)
         if create:

@@ -42,7 +42,7 @@ def join_outcomes(
         return
     retracts = bool((joined.weights < 0).any())  # without, the default (cheaper) path
     engine.policy.observe(events, engine.campaigns, weight=joined.weights if retracts else None)
-    engine.dirty_campaigns.update(np.unique(events.campaign_id).tolist())
+    engine.dirty_campaigns.update(events.campaign_id.tolist())
     out.rewards_applied += len(joined.applied)
 
 

@@ -157,7 +157,7 @@ class PartitionEngine:
             join_outcomes(self, good, np.asarray(idx, dtype=np.int64)[kept], source, out)
             return
         self.policy.observe(good, self.campaigns)
-        self.dirty_campaigns.update(np.unique(good.campaign_id).tolist())
+        self.dirty_campaigns.update(good.campaign_id.tolist())
         out.rewards_applied += len(good)
 
     def _logged_decisions(self, source: SourceBatch) -> None:

@@ -117,6 +117,14 @@ def check_record(
     return None
 
 
+def _longest(values: list[Any]) -> int:
+    """Length of the longest value (tombstones count as 0)."""
+    try:
+        return max(map(len, values), default=0)
+    except TypeError:  # a tombstone (None) among them
+        return max((len(v) for v in values if v is not None), default=0)
+
+
 def decode_batch_columns(
     serde: AvroSerde, limits: LimitsConfig, source: SourceBatch, schema: str, out: EngineOutputs
 ) -> tuple[Columns, I64] | None:
@@ -127,7 +135,7 @@ def decode_batch_columns(
     """
     max_bytes = limits.max_message_bytes
     values = source.values
-    if any(v is not None and len(v) > max_bytes for v in values):
+    if _longest(values) > max_bytes:
         # rare: keep the record path's exact handling of oversize messages
         return None
     decoded = decode_columns(serde, values, min_vectorized=outputs.MIN_VECTORIZED)
@@ -155,11 +163,13 @@ def decode_batch_columns(
         suspect |= np.asarray(sizes, dtype=np.int64) > limits.max_map_entries
     key_col = cols.data[_KEY_FIELD[schema]].tolist()
     keys = source.keys
-    suspect |= np.fromiter(
-        (not k or (m is not None and m != k.encode()) for m, k in zip(keys, key_col, strict=True)),
-        dtype=np.bool_,
-        count=n,
-    )
+    encoded = [k.encode() for k in key_col]
+    if encoded != keys or not all(encoded):  # the common case is one list comparison
+        suspect |= np.fromiter(
+            (not e or (m is not None and m != e) for m, e in zip(keys, encoded, strict=True)),
+            dtype=np.bool_,
+            count=n,
+        )
     for i in np.flatnonzero(suspect & ~failed).tolist():
         rejected = check_record(limits, cols.record(i), keys[i], schema)
         if rejected is not None:

@@ -149,6 +149,10 @@ def consumer_config(config: AppConfig, **extra: Any) -> dict[str, Any]:
         "enable.partition.eof": False,
         "fetch.wait.max.ms": min(100, config.commit_interval_ms),
         "queued.max.messages.kbytes": 65536,
+        # librdkafka waits this long before it fetches again for a partition whose queue was
+        # over queued.min.messages / kbytes; its default (1000 ms) starved every loop reading a
+        # backlog: a bare consumer read 180-210k/s with it, 1.0-1.4M/s at 10-100 ms (issue 16)
+        "fetch.queue.backoff.ms": 10,
         "session.timeout.ms": 10000,
         "heartbeat.interval.ms": 2000,
         "max.poll.interval.ms": 300000,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -295,6 +296,11 @@ def _bad_money(x: F64, allow_nan: bool = False) -> B:
     return np.asarray(bad & ~np.isnan(x) if allow_nan else bad, dtype=np.bool_)
 
 
+def _empty(ids: npt.NDArray[Any]) -> B:
+    """True where the id (a str column, object or unicode dtype) is the empty string."""
+    return np.asarray(ids == "", dtype=np.bool_).reshape(len(ids))
+
+
 def _reasons(n: int, checks: list[tuple[B, str]]) -> npt.NDArray[Any]:
     out = np.full(n, None, dtype=object)
     for bad, reason in reversed(checks):  # the first failing check names the row
@@ -343,13 +349,15 @@ def validate_outcomes(outcomes: OutcomeBatch, state: BiddingState) -> npt.NDArra
     ts = state.thompson
     names = list(ts.arm_names)
     lut = {a: i for i, a in enumerate(names)}
-    arm_idx = np.array([lut.get(str(a), -1) for a in outcomes.arm.tolist()], dtype=np.int64)
-    known = np.array([ts.row_of(str(c)) for c in outcomes.campaign_id.tolist()], dtype=object)
-    has_row = np.array([r is not None and int(r) >= 0 for r in known], dtype=np.bool_)
-    rows = np.where(has_row, np.array([int(r) if r is not None else -1 for r in known]), 0)
+    arm_idx = np.fromiter(map(lut.get, outcomes.arm.tolist(), repeat(-1)), np.int64, count=n)
+    known = ts.rows(outcomes.campaign_id.tolist(), create=False)
+    has_row = known >= 0
+    rows = np.where(has_row, known, 0)
     # A campaign without a row would get the default arms; KeyedThompson does not expose its
-    # run-time default set, so the configured arms stand in for it.
-    configured = np.array([str(a) in state.config.arms for a in outcomes.arm.tolist()], dtype=bool)
+    # run-time default set, so the configured arms stand in for it (an arm unknown to the
+    # table is dead-lettered as unknown before this check names it).
+    configured = np.array([a in state.config.arms for a in names] + [False], dtype=np.bool_)
+    configured = configured[arm_idx]
     active = has_row | configured
     sel = has_row & (arm_idx >= 0)
     if sel.any():
@@ -364,8 +372,8 @@ def validate_outcomes(outcomes: OutcomeBatch, state: BiddingState) -> npt.NDArra
     return _reasons(
         n,
         [
-            (np.strings.str_len(outcomes.request_id.astype(np.str_)) == 0, "empty request_id"),
-            (np.strings.str_len(outcomes.campaign_id.astype(np.str_)) == 0, "empty campaign_id"),
+            (_empty(outcomes.request_id), "empty request_id"),
+            (_empty(outcomes.campaign_id), "empty campaign_id"),
             (arm_idx < 0, "unknown arm"),
             (~active, "arm not active for this campaign"),
             (~(np.isfinite(p) & (p > 0) & (p <= 1)), "propensity outside (0, 1]"),

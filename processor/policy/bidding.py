@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -438,7 +439,6 @@ class BidPolicy:
     @staticmethod
     def arm_indices(arms: npt.NDArray[Any], state: BiddingState) -> I64:
         """Thompson column per arm name (-1 for unknown names)."""
-        uniq, inv = np.unique(np.asarray(arms, dtype=np.str_), return_inverse=True)
         col = {a: i for i, a in enumerate(state.thompson.arm_names)}
-        lut = np.array([col.get(str(a), -1) for a in uniq.tolist()], dtype=np.int64)
-        return lut[inv] if uniq.size else np.zeros(0, dtype=np.int64)
+        names = arms.tolist() if isinstance(arms, np.ndarray) else list(arms)
+        return np.fromiter(map(col.get, names, repeat(-1)), dtype=np.int64, count=len(names))

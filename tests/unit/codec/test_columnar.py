@@ -195,6 +195,41 @@ def test_batch_with_many_rows_matches() -> None:
     _check("BidOutcome", values)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ids=st.lists(st.text(alphabet="ab\x00\x7f\xe9", max_size=70), min_size=64, max_size=130),
+    mode=st.sampled_from(["any", "ascii", "ascii with NUL"]),
+)
+def test_string_columns_of_large_batches_decode_exactly(ids: list[str], mode: str) -> None:
+    """The vectorized string decode (64+ rows, values up to 64 bytes, ASCII without NUL) and
+    its per-row fallback give fastavro's strings: NULs, trailing NULs, non-ASCII, 64/65 bytes."""
+    if mode != "any":
+        ids = [i.replace("\xe9", "")[:64] for i in ids]
+    if mode == "ascii":
+        ids = [i.replace("\x00", "") for i in ids]
+    recs = [
+        {
+            "request_id": rid,
+            "campaign_id": rid[::-1],
+            "arm": "balanced",
+            "event_time": 0,
+            "won": True,
+            "clicks": 0,
+            "conversions": 0,
+            "spend": 0.0,
+            "revenue": 0.0,
+            "reward": None,
+            "success": None,
+            "propensity": 0.5,
+            "policy_version": -1,
+            "budget": None,
+            "target_cpa": None,
+        }
+        for rid in ids
+    ]
+    _check("BidOutcome", [SERDES["BidOutcome"].encode(r) for r in recs])
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(_records("BidDecision"), min_size=1, max_size=15))
 def test_columnar_encoding_is_byte_identical(records: list[dict[str, Any]]) -> None:

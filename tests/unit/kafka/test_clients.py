@@ -55,6 +55,13 @@ def test_the_stage_own_settings_win_over_enforced_ones(caplog: pytest.LogCapture
     assert probe["enable.auto.commit"] is False
 
 
+def test_the_fetch_backoff_is_short_by_default_and_can_be_overridden() -> None:
+    # librdkafka's 1000 ms default idles a loop that drains its prefetched queue sooner
+    assert consumer_config(config_from_dict({}))["fetch.queue.backoff.ms"] == 10
+    cfg = config_from_dict({"kafka": {"consumer": {"fetch.queue.backoff.ms": "500"}}})
+    assert consumer_config(cfg)["fetch.queue.backoff.ms"] == "500"
+
+
 def test_at_least_once_has_no_transactional_id() -> None:
     cfg = config_from_dict({"instance_id": "i", "processing_guarantee": "at_least_once"})
     assert "transactional.id" not in producer_config(cfg)
