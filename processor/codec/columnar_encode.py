@@ -42,8 +42,40 @@ def _string_parts(texts: Sequence[str]) -> list[bytes]:
     return out
 
 
-def _varint_block(cols: Sequence[Any], n: int) -> list[bytes]:
-    """Per row, the zig-zag varints of several long columns, concatenated (vectorized)."""
+Flat = tuple[Any, Any]
+"""One field of every row: ``(lengths, data)``, the ``n`` byte lengths and the bytes of all rows
+concatenated in row order (uint8)."""
+
+
+def _flat(parts: Sequence[bytes]) -> Flat:
+    """A field given as one ``bytes`` per row."""
+    lens = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    return lens, np.frombuffer(b"".join(parts), dtype=np.uint8)
+
+
+def _string_flat(texts: Sequence[str]) -> Flat:
+    """Avro strings (length varint, UTF-8); ASCII values under 64 characters (a one-byte length,
+    bytes = characters: the ids the stage writes) without a Python operation per row."""
+    texts = texts.tolist() if isinstance(texts, np.ndarray) else texts
+    joined = "".join(texts)  # TypeError unless every value is a str
+    data = joined.encode()
+    n = len(texts)
+    chars = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+    if len(data) != len(joined) or (n and int(chars.max()) >= 64):
+        return _flat(_string_parts(texts))
+    lens = chars + 1
+    ends = np.cumsum(lens)
+    flat = np.empty(int(ends[-1]) if n else 0, dtype=np.uint8)
+    prefix = ends - lens
+    flat[prefix] = (2 * chars).astype(np.uint8)
+    body = np.ones(flat.shape[0], dtype=np.bool_)
+    body[prefix] = False
+    flat[body] = np.frombuffer(data, dtype=np.uint8)
+    return lens, flat
+
+
+def _varint_block(cols: Sequence[Any], n: int) -> Flat:
+    """The zig-zag varints of several long columns, per row concatenated (vectorized)."""
     mats = []
     lens = []
     for col in cols:
@@ -57,18 +89,36 @@ def _varint_block(cols: Sequence[Any], n: int) -> list[bytes]:
         lens.append(length)
     mat = np.concatenate(mats, axis=1)
     keep = np.concatenate([_ARANGE10[None, :] < ln[:, None] for ln in lens], axis=1)
-    raw = mat[keep].tobytes()
-    ends = np.cumsum(np.sum(lens, axis=0)).tolist()
-    starts = [0, *ends[:-1]]
-    return [raw[s:e] for s, e in zip(starts, ends, strict=True)]
+    return np.sum(lens, axis=0).astype(np.int64), mat[keep]
 
 
-def _fixed_block(cols: Sequence[Any], n: int) -> list[bytes]:
-    """Per row, several double columns as little-endian bytes, concatenated."""
-    mat = np.column_stack([np.asarray(c, dtype="<f8") for c in cols])
-    raw = mat.tobytes()
-    w = 8 * len(cols)
-    return [raw[i : i + w] for i in range(0, n * w, w)]
+def _fixed_block(cols: Sequence[Any], n: int) -> Flat:
+    """Several double columns as little-endian bytes, per row concatenated."""
+    mat = np.ascontiguousarray(np.column_stack([np.asarray(c, dtype="<f8") for c in cols]))
+    return np.full(n, 8 * len(cols), dtype=np.int64), mat.view(np.uint8).reshape(-1)
+
+
+def _assemble(fields: Sequence[Flat], n: int) -> list[bytes]:
+    """The records: each row's fields one after the other, written into one buffer by numpy
+    scatters (one per field), then cut into one ``bytes`` per row."""
+    lens = np.column_stack([f[0] for f in fields])
+    row_end = np.cumsum(lens.sum(axis=1))
+    row_start = np.empty_like(row_end)
+    row_start[0] = 0
+    row_start[1:] = row_end[:-1]
+    field_start = row_start[:, None] + np.cumsum(lens, axis=1) - lens
+    out = np.empty(int(row_end[-1]), dtype=np.uint8)
+    for f, (field_lens, data) in enumerate(fields):
+        width = int(field_lens[0])
+        if bool((field_lens == width).all()):
+            at = (field_start[:, f][:, None] + np.arange(width, dtype=np.int64)).reshape(-1)
+        else:
+            first = np.cumsum(field_lens) - field_lens
+            at = np.repeat(field_start[:, f] - first, field_lens)
+            at += np.arange(at.shape[0], dtype=np.int64)
+        out[at] = data
+    raw = out.tobytes()
+    return [raw[s:e] for s, e in zip(row_start.tolist(), row_end.tolist(), strict=True)]
 
 
 def _double_maps(maps: Sequence[Mapping[str, float]]) -> list[bytes]:
@@ -127,7 +177,7 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
         return None
     if n == 0:
         return []
-    parts: list[list[bytes]] = []
+    parts: list[Flat] = []
     group: list[Any] = []
     group_kind = ""
 
@@ -155,13 +205,14 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
                 continue
             flush()
             if kind == "string":
-                parts.append(_string_parts(col))
+                parts.append(_string_flat(col))
             elif kind == "boolean":
-                parts.append([b"\x01" if v else b"\x00" for v in np.asarray(col, dtype=bool)])
+                flags = np.asarray(col, dtype=np.bool_).astype(np.uint8)
+                parts.append((np.ones(n, dtype=np.int64), flags))
             elif kind == "enum":
-                parts.append([detail[s] for s in col])
+                parts.append(_flat([detail[s] for s in col]))
             elif kind == "map_double":
-                parts.append(_double_maps(col))
+                parts.append(_flat(_double_maps(col)))
             else:
                 cache_: dict[tuple[str, ...], bytes] = {}
                 out = []
@@ -173,9 +224,12 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
                         enc = (avro_long(len(key)) + body + b"\x00") if key else b"\x00"
                         cache_[key] = enc
                     out.append(enc)
-                parts.append(out)
+                parts.append(_flat(out))
         flush()
+        if any(lens.shape != (n,) for lens, _ in parts):
+            msg = f"a column does not have {n} values"
+            raise ValueError(msg)
+        return _assemble(parts, n)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         msg = f"columns do not match schema {serde.name}: {type(exc).__name__}: {exc}"
         raise SerializationError(msg) from exc
-    return [b"".join(row) for row in zip(*parts, strict=True)]

@@ -11,6 +11,7 @@ from typing import Any
 
 import fastavro
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,11 +34,11 @@ TEXT = st.text(max_size=80)
 DOUBLES = st.floats(allow_nan=True, allow_infinity=True)
 
 
-def _value(t: Any) -> st.SearchStrategy[Any]:
+def _value(t: Any, text: st.SearchStrategy[str] = TEXT) -> st.SearchStrategy[Any]:
     if isinstance(t, dict) and t.get("type") in ("long", "int", "string", "double", "boolean"):
         t = t["type"]
     if t == "string":
-        return TEXT
+        return text
     if t == "long":
         return LONGS
     if t == "int":
@@ -49,19 +50,19 @@ def _value(t: Any) -> st.SearchStrategy[Any]:
     if t == "bytes":
         return st.binary(max_size=80)
     if isinstance(t, list):
-        return st.one_of(*[st.none() if x == "null" else _value(x) for x in t])
+        return st.one_of(*[st.none() if x == "null" else _value(x, text) for x in t])
     if t["type"] == "map":
-        return st.dictionaries(TEXT, _value(t["values"]), max_size=5)
+        return st.dictionaries(text, _value(t["values"], text), max_size=5)
     if t["type"] == "enum":
         return st.sampled_from(t["symbols"])
     if t["type"] == "array":
-        return st.lists(_value(t["items"]), max_size=4)
+        return st.lists(_value(t["items"], text), max_size=4)
     raise AssertionError(t)
 
 
-def _records(name: str) -> st.SearchStrategy[dict[str, Any]]:
+def _records(name: str, text: st.SearchStrategy[str] = TEXT) -> st.SearchStrategy[dict[str, Any]]:
     schema = strip_logical_types(load_schema_json(name))
-    return st.fixed_dictionaries({f["name"]: _value(f["type"]) for f in schema["fields"]})
+    return st.fixed_dictionaries({f["name"]: _value(f["type"], text) for f in schema["fields"]})
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -230,8 +231,62 @@ def test_string_columns_of_large_batches_decode_exactly(ids: list[str], mode: st
     _check("BidOutcome", [SERDES["BidOutcome"].encode(r) for r in recs])
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(_records("BidDecision"), min_size=1, max_size=15))
+def _decision_columns(records: list[dict[str, Any]]) -> dict[str, Any]:
+    columns: dict[str, Any] = {}
+    for name in [x["name"] for x in load_schema_json("BidDecision")["fields"]]:
+        col = [r[name] for r in records]
+        if isinstance(col[0], float):
+            columns[name] = np.array(col, dtype=np.float64)
+        elif isinstance(col[0], int) and not isinstance(col[0], bool):
+            columns[name] = np.array(col, dtype=np.int64)
+        else:
+            columns[name] = col
+    return columns
+
+
+@pytest.mark.parametrize("longest", [63, 64, 70])
+@pytest.mark.parametrize("alphabet", [string.ascii_letters, string.ascii_letters + "é"])
+def test_columnar_encoding_of_every_id_length_is_byte_identical(
+    alphabet: str, longest: int
+) -> None:
+    """Ids of 0 to ``longest`` characters in one batch: the one-byte-length path takes a column
+    whose values are all ASCII and under 64 characters; the others take the per-row path."""
+    rng = random.Random(5)
+    serde = SERDES["BidDecision"]
+    records = []
+    for i, size in enumerate([*range(longest + 1), *range(longest, -1, -1)]):
+        ids = ["".join(rng.choices(alphabet, k=size)) for _ in range(3)]
+        records.append(
+            {
+                "request_id": ids[0],
+                "campaign_id": ids[1],
+                "arm": ids[2],
+                "bid_amount": rng.random(),
+                "budget": 1e6 * rng.random(),
+                "propensity": rng.random(),
+                "confidence": rng.random(),
+                "mode": ["explore", "exploit"][i % 2],
+                "guardrails": ids[: i % 3],
+                "policy_version": rng.randint(-(2**40), 2**40),
+                "event_time": 1_700_000_000_000 + i,
+                "decided_at": 1_700_000_000_000 + 2 * i,
+            }
+        )
+    got = encode_columns(serde, _decision_columns(records), len(records))
+    assert got == [serde.encode(r) for r in records]
+
+
+# ids as the stage writes them (ASCII, mostly under 64 characters: the one-byte-length path)
+ASCII_IDS = st.text(alphabet=string.ascii_letters + string.digits + "-_:", max_size=70)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.lists(_records("BidDecision"), min_size=1, max_size=15),
+        st.lists(_records("BidDecision", ASCII_IDS), min_size=1, max_size=80),
+    )
+)
 def test_columnar_encoding_is_byte_identical(records: list[dict[str, Any]]) -> None:
     serde = SERDES["BidDecision"]
     columns: dict[str, Any] = {}
