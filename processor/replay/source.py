@@ -158,6 +158,11 @@ def read_topics(
             "enable.auto.commit": False,
             "enable.partition.eof": False,
             "auto.offset.reset": "earliest",
+            # a replay reads whole ranges: librdkafka's 1000 ms fetch backoff once a partition's
+            # queue is full would idle it (see consumer_config), and large fetches help as in
+            # the restore
+            "fetch.queue.backoff.ms": 10,
+            "max.partition.fetch.bytes": 16 << 20,
         }
     )
     consumer = Consumer(conf)
