@@ -90,7 +90,7 @@ def _contender(
     if name.startswith("stage"):
         args = ["processor", "run", "--config", str(path), "--instance-id", "bench"]
         args += ["--metrics-port", "-1"]
-    elif name == "limit":
+    elif name.startswith("limit"):
         args = ["tests.perf.passthrough", str(path), config.topics.bid_decisions]
     elif name == "original":
         args = ["tests.perf.original_design", str(path)]
@@ -169,7 +169,10 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
             fill = prefill(bootstrap, topic, pairs)
             print(f"{kind}: {n} events ready in {time.monotonic() - t0:.1f}s (produce {fill:.1f}s)")
             del pairs
-            names = ["limit", "stage", "original"]
+            # the limit first and again last: the first run after the broker started measured
+            # 148k-222k/s where the same passthrough later did 290k-500k/s (a cold JVM), so
+            # the stage is compared with the faster of the two
+            names = ["limit", "stage", "original", "limit_again"]
             if kind == "reward_events":
                 # join off and on in ABBA order: the run right after the passthrough is slowed
                 # by the broker still writing its output (measured), so neither side always
@@ -180,7 +183,8 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
                 name: _contender(bootstrap, work, name, role, topic, timeout_s=900)
                 for name in names
             }
-            limit = figures["limit"]["events_per_s"]
+            limit = max(figures["limit"]["events_per_s"], figures["limit_again"]["events_per_s"])
+            figures["limit_best_events_per_s"] = limit
             stage = figures["stage"]["events_per_s"]
             figures["ratio_to_limit"] = round(stage / limit, 3) if limit else None
             orig = figures["original"]["events_per_s"]
@@ -239,17 +243,24 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
     return results
 
 
+def _limit_cell(f: dict[str, Any]) -> str:
+    """The limit's two runs (first, last); the ratio uses the faster."""
+    runs = [f[n]["events_per_s"] for n in ("limit", "limit_again") if n in f]
+    return " / ".join(f"{r:,.0f}/s" for r in runs)
+
+
 def table(results: dict[str, Any]) -> str:
     """The markdown table of the README's Performance section."""
     lines = [
-        "| input (exactly-once, 6 partitions) | limit (passthrough) | stage | stage / limit "
+        "| input (exactly-once, 6 partitions) | limit (passthrough), first / last | stage "
+        "| stage / faster limit "
         "| original design | stage / original | Quix Streams | stage / Quix |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, f in results.get("throughput", {}).items():
         peer = f.get("peer", {}).get("events_per_s")
         lines.append(
-            f"| {kind.replace('_', ' ')} | {f['limit']['events_per_s']:,.0f}/s "
+            f"| {kind.replace('_', ' ')} | {_limit_cell(f)} "
             f"| {f['stage']['events_per_s']:,.0f}/s | {f['ratio_to_limit']:.0%} "
             f"| {f['original']['events_per_s']:,.0f}/s | {f['ratio_to_original']}× "
             f"| {f'{peer:,.0f}/s' if peer else '–'} "
