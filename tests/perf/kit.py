@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from processor.config import AppConfig, TopicsConfig, config_from_dict
 from processor.kafka.clients import make_admin
@@ -141,6 +141,13 @@ class DrainResult:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+_COORDINATOR_MOVED = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+)
+
+
 def watch_drain(
     bootstrap: str,
     group: str,
@@ -161,7 +168,15 @@ def watch_drain(
             if proc is not None and proc.poll() is not None:
                 msg = f"contender exited early with code {proc.returncode}"
                 raise RuntimeError(msg)
-            committed = c.committed(tps, timeout=10)
+            try:
+                committed = c.committed(tps, timeout=10)
+            except KafkaException as exc:
+                # a broker just started moves group coordinators (NOT_COORDINATOR, load in
+                # progress): ask again
+                if not exc.args[0].retriable() and exc.args[0].code() not in _COORDINATOR_MOVED:
+                    raise
+                time.sleep(interval_s)
+                continue
             now = time.monotonic()
             done = sum(max(0, tp.offset) for tp in committed)
             if t0 is None and done > 0:
