@@ -246,8 +246,17 @@ def test_timed_out_transaction_is_recovered_not_mistaken_for_fencing() -> None:
     kafka, config = FakeKafka(), make_config(transaction_timeout_ms=1)
     outs, reqs = feed(kafka, config)
     before = counter(metrics.PRODUCER_RECOVERIES, "txn_timeout")
-    fence = raises(kafka_error(KafkaError._FENCED, fatal=True))
-    kafka.fail("commit_transaction", lambda: None, fence)
+    fenced = raises(kafka_error(KafkaError._FENCED, fatal=True))
+
+    def fence_after_the_timeout() -> None:
+        # what the coordinator does: abort a transaction once it outlived the timeout (a fast
+        # loop commits in under the 1 ms of this config, which then reads as fencing)
+        deadline = time.monotonic() + config.transaction_timeout_ms / 1000
+        while time.monotonic() < deadline:
+            time.sleep(config.transaction_timeout_ms / 4000)
+        fenced()
+
+    kafka.fail("commit_transaction", lambda: None, fence_after_the_timeout)
     running = run_to_drain(kafka, config)
     assert running.stop() == EXIT_OK
     assert counter(metrics.PRODUCER_RECOVERIES, "txn_timeout") == before + 1
