@@ -289,16 +289,5 @@ ASCII_IDS = st.text(alphabet=string.ascii_letters + string.digits + "-_:", max_s
 )
 def test_columnar_encoding_is_byte_identical(records: list[dict[str, Any]]) -> None:
     serde = SERDES["BidDecision"]
-    columns: dict[str, Any] = {}
-    for name, kind, _ in (
-        (f, None, None) for f in [x["name"] for x in load_schema_json("BidDecision")["fields"]]
-    ):
-        del kind
-        col = [r[name] for r in records]
-        if isinstance(col[0], float):
-            columns[name] = np.array(col, dtype=np.float64)
-        elif isinstance(col[0], int) and not isinstance(col[0], bool):
-            columns[name] = np.array(col, dtype=np.int64)
-        else:
-            columns[name] = col
+    columns = _decision_columns(records)
     assert encode_columns(serde, columns, len(records)) == [serde.encode(r) for r in records]
