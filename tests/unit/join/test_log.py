@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from processor.config import AttributionConfig
 from processor.errors import StateError
-from processor.join import RewardJoin
+from processor.join import RewardJoin, reward_join
 from processor.join import log as log_module
 from processor.join import table as table_module
 from processor.join.log import DecisionLog
@@ -21,6 +21,7 @@ from tests.unit.join.test_rule import (
     STATE,
     batch_st,
     decision_batch,
+    decision_st,
     events_of,
     log_view,
     outcome_batch,
@@ -217,3 +218,53 @@ def test_corrupt_chunks_are_refused() -> None:
         merge_chunks([b"\x09" + blob[1:]])
     assert merge_chunks([blob]).keys.size == 1
     assert ENTRY.itemsize == 68
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    steps=st.lists(
+        st.tuples(st.lists(st.lists(decision_st, max_size=5), max_size=3), batch_st),
+        min_size=1,
+        max_size=6,
+    ),
+    window=st.sampled_from([5, 20]),
+    cap=st.sampled_from([None, 4]),
+    commit_every=st.sampled_from([1, 2, 100]),
+)
+def test_queued_decisions_leave_the_log_as_inserting_each_batch_at_once(
+    steps: list, window: int, cap: int | None, commit_every: int
+) -> None:
+    """Decision batches wait for the log's next read (an outcome batch, a commit) and go in as
+    one insert: every join result, changelog chunk and entry is the same as with an insert per
+    batch — duplicate requests across the queued batches, expired decisions and the cap
+    included."""
+    config = AttributionConfig(window_ms=window, grace_ms=2, max_entries=cap)
+    queued, eager = RewardJoin(config), RewardJoin(config)
+    for i, (decision_batches, (more, outs)) in enumerate(steps):
+        for decisions in [*decision_batches, more]:
+            if decisions:
+                queued.log_decisions(decision_batch(decisions))
+                eager.log_decisions(decision_batch(decisions))
+                assert eager.log is not None  # a read: inserts this batch now
+        assert queued.pending_decisions == sum(len(d) for d in [*decision_batches, more])
+        if outs:
+            got = queued.process(outcome_batch(outs), POLICY, STATE)
+            want = eager.process(outcome_batch(outs), POLICY, STATE)
+            assert got.status.tolist() == want.status.tolist()
+            assert events_of(got) == events_of(want)
+            assert got.counts == want.counts
+            assert queued.pending_decisions == 0
+        if i % commit_every == 0:
+            assert queued.take_chunks() == eager.take_chunks()
+        assert log_view(queued) == log_view(eager)
+        assert len(queued.log) == len(eager.log) and queued.log.evicted == eager.log.evicted
+
+
+def test_queued_decisions_are_inserted_once_the_queue_is_large() -> None:
+    """A caller that never reads the log (no outcomes, no commits) does not queue forever."""
+    join = RewardJoin(AttributionConfig())
+    n = reward_join.MAX_PENDING // 4 + 1
+    for b in range(4):
+        join.log_decisions(decision_batch([(f"r{b}-{i}", "c1", 0, 1_000) for i in range(n)]))
+    assert join.pending_decisions == 0  # the fourth batch passed the bound
+    assert len(join._store) == 4 * n
