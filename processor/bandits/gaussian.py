@@ -213,8 +213,9 @@ class KeyedNormalGamma(KeyTable):
         """Recompute the cached propensities and best-mean arm of rows whose version moved."""
         ver = self._arr["version"]
         pver = self._arr["_pver"]
-        stale = np.unique(r[pver[r] != ver[r]])
-        if stale.size:
+        moved = pver[r] != ver[r]
+        if moved.any():  # np.unique is ~10 µs even of nothing: skip it when all are cached
+            stale = np.unique(r[moved])
             loc, scale, dof = self.marginals(stale)
             active = self._arr["active"][stale]
             self._arr["_pcache"][stale] = student_t_propensities(loc, scale, dof, active)

@@ -171,6 +171,7 @@ class BidPolicy:
     def __init__(self, config: BiddingConfig, safety: SafetyConstraints | None = None) -> None:
         self.config = config
         self.safety = safety if safety is not None else SafetyConstraints()
+        self._arm_tables: dict[tuple[str, ...], ArmTable] = {}
 
     def _arm_table(self, state: BiddingState) -> ArmTable:
         """Names, bid and budget multipliers per column, and the conservative column.
@@ -178,15 +179,23 @@ class BidPolicy:
         Arms added at run time by a control command that the config does not name bid like
         a neutral arm (multipliers 1.0).
         """
-        names = state.thompson.arm_names
-        neutral = ArmSpec(1.0, 1.0)
-        specs = [self.config.arms.get(a, neutral) for a in names]
-        return (
-            np.array(names, dtype=object),
-            np.array([s.bid_multiplier for s in specs]),
-            np.array([s.budget_multiplier for s in specs]),
-            state.thompson.column(self.config.conservative_arm),
-        )
+        names = tuple(state.thompson.arm_names)
+        table = self._arm_tables.get(names)
+        if table is None:  # once per set of arms (they change only by control commands)
+            neutral = ArmSpec(1.0, 1.0)
+            specs = [self.config.arms.get(a, neutral) for a in names]
+            table = (
+                np.array(names, dtype=object),
+                np.array([s.bid_multiplier for s in specs]),
+                np.array([s.budget_multiplier for s in specs]),
+                state.thompson.column(self.config.conservative_arm),
+            )
+            for column in table[:3]:
+                column.flags.writeable = False  # shared by every look-up
+            if len(self._arm_tables) > 64:
+                self._arm_tables.clear()
+            self._arm_tables[names] = table
+        return table
 
     def new_state(self) -> BiddingState:
         """Empty state for this policy's config."""

@@ -179,6 +179,18 @@ def test_predicted_cvr_is_a_beta_posterior_around_the_prior() -> None:
     assert p[2] == pytest.approx(1.0)  # no prior: the cap does not bind
 
 
+def test_predicted_cvr_clips_odd_priors_to_its_range() -> None:
+    """A base bid / target CPA that is NaN (no target), infinite (target 0), negative or out of
+    [1e-6, 1] gives the prior the clip of ``nan_to_num(prior, nan=1)`` to [1e-6, 1]."""
+    c = SafetyConstraints(cvr_prior_conversions=2.0)
+    s = SafetyState()
+    s.ensure_rows(1)
+    odd = np.array([NAN, np.inf, -np.inf, -1.0, 0.0, 1e-9, 0.25, 3.0])
+    p = s.predicted_cvr(c, np.zeros(odd.size, dtype=np.int64), odd)
+    want = np.clip(np.nan_to_num(odd, nan=1.0), 1e-6, 1.0)  # no evidence: the prior's mean
+    np.testing.assert_allclose(p, want, rtol=1e-12)
+
+
 def test_evidence_decays_with_event_time() -> None:
     c = SafetyConstraints(evidence_half_life_ms=HOUR)
     s = SafetyState()
