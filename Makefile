@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KAFKA := deploy/local-kafka/kafka.sh
 
 .DEFAULT_GOAL := help
-.PHONY: demo bench help install lint format test test-unit test-integration bench-bandits bench-policy bench-ensemble bench-join kafka-up kafka-down kafka-status clean
+.PHONY: demo bench help install lint format test test-unit test-integration bench-bandits bench-policy bench-ensemble bench-join bench-loop kafka-up kafka-down kafka-status clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench-bandits: $(STAMP) ## per-event object API vs keyed batch API (updates/s, d
 
 bench-join: $(STAMP) ## reward join without Kafka: bytes per log entry, memory at 10M entries, join on vs off
 	$(BIN)/python -m tests.perf.bench_join
+
+bench-loop: $(STAMP) ## the stage's request loop at 10k req/s without Kafka: ms a loop and a cycle end
+	$(BIN)/python -m tests.perf.bench_loop
 
 bench-policy: $(STAMP) ## bidding policy on the simulated market: speed, profit per request, emergency share, pacing
 	$(BIN)/python -m tests.perf.bench_policy
