@@ -76,12 +76,16 @@ def _fnv_codepoints(ids: Sequence[str] | npt.NDArray[np.str_]) -> npt.NDArray[np
         return h
     lengths = np.strings.str_len(arr).astype(np.int64)
     if width > 0:
-        codes = np.ascontiguousarray(arr).view(np.uint32).reshape(n, width).astype(np.uint64)
+        # one contiguous row of code points per character position
+        codes = np.ascontiguousarray(arr).view(np.uint32).reshape(n, width).T
+        codes = codes.astype(np.uint64, order="C")
+        shortest = int(lengths.min())
         for j in range(width):
-            # Only ids that are longer than j take this column: no padding effects.
-            live = lengths > j
-            mixed = (h ^ codes[:, j]) * _FNV_PRIME
-            h = np.where(live, mixed, h)
+            if j < shortest:  # every id has a character here: in place, no mask
+                h ^= codes[j]
+                h *= _FNV_PRIME
+            else:  # only ids longer than j take this column: no padding effects
+                np.copyto(h, (h ^ codes[j]) * _FNV_PRIME, where=lengths > j)
     return (h ^ lengths.astype(np.uint64)) * _FNV_PRIME
 
 

@@ -61,6 +61,35 @@ def test_table_matches_a_dict_through_merges_and_purges(monkeypatch: pytest.Monk
     assert table.used == len(want)  # the purges compacted the store
 
 
+def test_the_store_grows_in_place_or_by_copy_with_the_same_rows() -> None:
+    """Growth resizes the store in place unless something else refers to it (a held view, a
+    restore's arrays): then it copies. Both keep every row and find every key."""
+    rng = np.random.default_rng(4)
+    batches = [np.unique(rng.integers(0, 2**63, 3_000, dtype=np.uint64)) for _ in range(12)]
+    tables = {"in place": EntryTable(), "copied": EntryTable(), "loaded": EntryTable()}
+    loaded = tables["loaded"]
+    loaded.load(batches[0], rows_at([0] * batches[0].size))
+    held: list[tuple[np.ndarray, list[int]]] = []
+    for step, keys in enumerate(batches):
+        for name, table in tables.items():
+            if name == "loaded" and step == 0:
+                continue
+            if name == "copied":  # a view of the store held across the insert: no resize
+                view = table.rows
+                held.append((view, view["t"].tolist()))
+            table.insert(keys, rows_at([step] * keys.size), lower_bound=NO_TIME)
+    everything = np.concatenate(batches)
+    steps = np.repeat(np.arange(len(batches)), [b.size for b in batches]).tolist()
+    by_key = dict(zip(everything.tolist(), steps, strict=True))
+    shuffled = everything[rng.permutation(everything.size)]
+    for table in tables.values():
+        rid = table.find(shuffled)
+        assert (rid >= 0).all()
+        assert table.gather(rid)["t"].tolist() == [by_key[k] for k in shuffled.tolist()]
+    for view, seen in held:  # a held view still reads the rows it had
+        assert view["t"].tolist() == seen
+
+
 def test_expiry_follows_the_outcome_watermark() -> None:
     log = DecisionLog(retention_ms=100)
     log.insert(np.array([1, 2, 3], dtype=np.uint64), rows_at([0, 50, 120]))
