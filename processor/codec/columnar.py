@@ -289,8 +289,12 @@ class _Cursor:
         return out
 
     def read_map(self, rows: Any, values_type: str) -> Any:
-        maps: list[dict[str, Any]] = [{} for _ in range(len(rows))]
-        slot = np.arange(len(rows))
+        n = len(rows)
+        # a row's dict is made with its first entry ({k: v}, the common one-entry context of a
+        # request costs one dict display); rows without entries get theirs at the end
+        maps: list[dict[str, Any] | None] = [None] * n
+        started = np.zeros(n, dtype=np.bool_)
+        slot = np.arange(n)
         active = rows
         while active.size:
             count = self.varint(active, 10)
@@ -304,8 +308,16 @@ class _Cursor:
                 keys = self.string(sub)
                 vals = self.read(sub, values_type)
                 vals_py = vals.tolist() if isinstance(vals, np.ndarray) else vals
-                for s, k, v in zip(sub_slot.tolist(), keys, vals_py, strict=True):
-                    maps[s][k] = v
+                if sub_slot.size == n and not started.any():  # every row's first entry
+                    maps = [{k: v} for k, v in zip(keys, vals_py, strict=True)]
+                else:
+                    for s, k, v in zip(sub_slot.tolist(), keys, vals_py, strict=True):
+                        m = maps[s]
+                        if m is None:
+                            maps[s] = {k: v}
+                        else:
+                            m[k] = v
+                started[sub_slot] = True
                 left = left - 1
                 self.bad[sub[self.pos[sub] > self.ends[sub]]] = True
                 go = (left > 0) & ~self.bad[sub]
@@ -314,9 +326,9 @@ class _Cursor:
             self.bad[active[self.pos[active] > self.ends[active]]] = True
             ok = ~self.bad[active]
             active, slot = active[ok], slot[ok]
-        out = np.empty(len(rows), dtype=object)
-        out[:] = maps
-        return out
+        if not started.all():
+            maps = [{} if m is None else m for m in maps]
+        return np.fromiter(maps, dtype=object, count=n)
 
 
 def _filler(t: str, n: int) -> Any:

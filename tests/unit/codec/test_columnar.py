@@ -196,6 +196,41 @@ def test_batch_with_many_rows_matches() -> None:
     _check("BidOutcome", values)
 
 
+@pytest.mark.parametrize("shape", ["one entry each", "some empty", "some several", "repeated key"])
+def test_request_contexts_decode_like_fastavro(shape: str) -> None:
+    """Maps of a large batch: every row's first entry at once, rows without entries, rows with
+    more entries than the others, a key written twice (the last value wins, as in fastavro)."""
+    rng = random.Random(5)
+    values = []
+    for i in range(500):
+        context = {"audience_segment": str(rng.randint(0, 9))}
+        if shape == "some empty" and i % 7 == 3:
+            context = {}
+        if shape == "some several" and i % 5 == 1:
+            context |= {f"k{j}": "v" * j for j in range(rng.randint(1, 4))}
+        rec = {
+            "request_id": f"r-{i}",
+            "campaign_id": f"c-{i % 13}",
+            "audience": "a",
+            "event_time": i,
+            "base_bid": 1.0,
+            "base_budget": 2.0,
+            "daily_budget": 100.0,
+            "spent_today": 0.0,
+            "target_cpa": None,
+            "utc_offset_minutes": 0,
+            "context": context,
+        }
+        values.append(SERDES["BidRequest"].encode(rec))
+    if shape == "repeated key":
+        # context is the last field: drop the empty map's end marker and write one block of two
+        # entries with the same key ("k": "x", "k": "y"), then the end marker
+        body = SERDES["BidRequest"].encode({**rec, "context": {}})[:-1]
+        values[42] = body + b"\x04" + b"\x02k\x02x" + b"\x02k\x02y" + b"\x00"
+        assert SERDES["BidRequest"].decode(values[42])["context"] == {"k": "y"}
+    _check("BidRequest", values)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     ids=st.lists(st.text(alphabet="ab\x00\x7f\xe9", max_size=70), min_size=64, max_size=130),
