@@ -301,6 +301,27 @@ def _empty(ids: npt.NDArray[Any]) -> B:
     return np.asarray(ids == "", dtype=np.bool_).reshape(len(ids))
 
 
+CONTROL_CHARACTERS = ("\n", "\r", "\t", "\x1b")
+"""Characters an id must not hold (they break log lines and downstream text formats)."""
+
+
+def _has_control(ids: npt.NDArray[Any]) -> B:
+    """True where the id (a str column) holds one of :data:`CONTROL_CHARACTERS`.
+
+    The common batch has none: one scan of the column joined into one string says so, without
+    converting the column to a numpy string array (~0.35 ms for 5,000 ids) and searching it per
+    character.
+    """
+    column = np.asarray(ids, dtype=object)
+    joined = "".join(column.tolist())
+    out = np.zeros(column.shape[0], dtype=np.bool_)
+    if any(cc in joined for cc in CONTROL_CHARACTERS):
+        text = np.asarray(column, dtype=np.str_)
+        for cc in CONTROL_CHARACTERS:
+            out |= np.strings.find(text, cc) >= 0
+    return out
+
+
 def _reasons(n: int, checks: list[tuple[B, str]]) -> npt.NDArray[Any]:
     out = np.full(n, None, dtype=object)
     for bad, reason in reversed(checks):  # the first failing check names the row
@@ -315,17 +336,14 @@ def validate_requests(requests: RequestBatch) -> npt.NDArray[Any]:
     non-positive ``target_cpa``.
     """
     n = len(requests)
-    ids = np.asarray(requests.request_id, dtype=np.str_)
-    cps = np.asarray(requests.campaign_id, dtype=np.str_)
-    ctrl = np.zeros(n, dtype=np.bool_)
-    for cc in ("\n", "\r", "\t", "\x1b"):
-        ctrl |= (np.strings.find(ids, cc) >= 0) | (np.strings.find(cps, cc) >= 0)
+    ids, cps = requests.request_id, requests.campaign_id
+    ctrl = _has_control(ids) | _has_control(cps)
     tgt = requests.target_cpa
     return _reasons(
         n,
         [
-            (np.strings.str_len(ids) == 0, "empty request_id"),
-            (np.strings.str_len(cps) == 0, "empty campaign_id"),
+            (_empty(ids), "empty request_id"),
+            (_empty(cps), "empty campaign_id"),
             (ctrl, "control character in an id"),
             (_bad_money(requests.base_bid), "base_bid is NaN, infinite or negative"),
             (_bad_money(requests.base_budget), "base_budget is NaN, infinite or negative"),

@@ -415,6 +415,25 @@ def test_validate_requests_reasons() -> None:
     assert "control" in reasons[6]
 
 
+@pytest.mark.parametrize("cc", ["\n", "\r", "\t", "\x1b"])
+@pytest.mark.parametrize("where", ["request_id", "campaign_id"])
+def test_control_characters_are_found_in_any_row_and_position(where: str, cc: str) -> None:
+    """A large batch where only some ids hold the control character (at the start, middle or
+    end), and one where none does: the same rows as checking each id on its own."""
+    rng = np.random.default_rng(11)
+    reqs = [req(i) for i in range(300)]
+    for i in rng.choice(300, 12, replace=False).tolist():
+        ident = f"id-{i}"
+        at = [0, len(ident) // 2, len(ident)][i % 3]
+        reqs[i][where] = ident[:at] + cc + ident[at:]
+    for batch, flagged in ((reqs, 12), ([req(i) for i in range(300)], 0)):
+        reasons = validate_requests(RequestBatch.from_records(batch)).tolist()
+        want = [any(c in r["request_id"] + r["campaign_id"] for c in "\n\r\t\x1b") for r in batch]
+        assert sum(want) == flagged
+        assert [r == "control character in an id" for r in reasons] == want
+        assert sum(r is not None for r in reasons) == flagged
+
+
 def test_validate_outcomes_reasons_without_creating_rows() -> None:
     _policy, state = setup()
     state.thompson.add_arm("only-c2", key="c-2")
