@@ -293,7 +293,6 @@ class _Cursor:
         # a row's dict is made with its first entry ({k: v}, the common one-entry context of a
         # request costs one dict display); rows without entries get theirs at the end
         maps: list[dict[str, Any] | None] = [None] * n
-        started = np.zeros(n, dtype=np.bool_)
         slot = np.arange(n)
         active = rows
         while active.size:
@@ -308,7 +307,7 @@ class _Cursor:
                 keys = self.string(sub)
                 vals = self.read(sub, values_type)
                 vals_py = vals.tolist() if isinstance(vals, np.ndarray) else vals
-                if sub_slot.size == n and not started.any():  # every row's first entry
+                if sub_slot.size == n and maps[0] is None:  # every row's first entry
                     maps = [{k: v} for k, v in zip(keys, vals_py, strict=True)]
                 else:
                     for s, k, v in zip(sub_slot.tolist(), keys, vals_py, strict=True):
@@ -317,7 +316,6 @@ class _Cursor:
                             maps[s] = {k: v}
                         else:
                             m[k] = v
-                started[sub_slot] = True
                 left = left - 1
                 self.bad[sub[self.pos[sub] > self.ends[sub]]] = True
                 go = (left > 0) & ~self.bad[sub]
@@ -326,7 +324,7 @@ class _Cursor:
             self.bad[active[self.pos[active] > self.ends[active]]] = True
             ok = ~self.bad[active]
             active, slot = active[ok], slot[ok]
-        if not started.all():
+        if None in maps:
             maps = [{} if m is None else m for m in maps]
         return np.fromiter(maps, dtype=object, count=n)
 

@@ -83,14 +83,11 @@ class EntryTable:
     def find(self, keys: U8) -> I64:
         """Row id of each key (−1 where absent; dead rows included)."""
         n = keys.shape[0]
-        rid = np.full(n, -1, dtype=np.int64)
-        if not n:
-            return rid
         # Sorted needles are ~3× faster to search in a large run than hashes in arrival order
         # (each binary search starts near the last one's result and stays in cache).
         order = None if bool((keys[1:] >= keys[:-1]).all()) else np.argsort(keys)
         needles = keys if order is None else keys[order]
-        found = rid if order is None else np.full(n, -1, dtype=np.int64)
+        found = np.full(n, -1, dtype=np.int64)
         for run_keys, run_ids in zip(self.keys, self.ids, strict=True):
             size = run_keys.shape[0]
             if not size:
@@ -99,8 +96,10 @@ class EntryTable:
             np.minimum(p, size - 1, out=p)
             hit = run_keys[p] == needles
             found[hit] = run_ids[p[hit]]
-        if order is not None:
-            rid[order] = found
+        if order is None:
+            return found
+        rid = np.empty(n, dtype=np.int64)
+        rid[order] = found
         return rid
 
     def gather(self, rid: I64) -> Rows:
