@@ -8,7 +8,7 @@ record alone, so records and failure reasons are always exactly fastavro's. The 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -28,7 +28,7 @@ from processor.codec.serde import AvroSerde, load_schema_json, strip_logical_typ
 # (written before they were added, see processor.codec.serde) gets their defaults.
 
 _PRIMITIVES = ("boolean", "int", "long", "double", "string", "bytes")
-_PAD = 16
+_PAD = 64  # zero bytes after the values: every cursor position has a full window (_Cursor.window)
 
 
 def _column_kind(t: Any) -> tuple[str, Any] | None:
@@ -91,11 +91,15 @@ class Columns:
         self.plan = plan
         self.data: dict[str, Any] = {}
         self.null: dict[str, Any] = {}
+        self.longest: dict[str, int] = {}
+        """Per string column, when known: no value has more characters (its longest UTF-8)."""
 
     def set_row(self, i: int, record: Mapping[str, Any]) -> None:
         """Overwrite row ``i`` with a record decoded elsewhere (fastavro fallback)."""
         for name, (kind, _detail) in self.plan:
             value = record[name]
+            if name in self.longest and isinstance(value, str):
+                self.longest[name] = max(self.longest[name], len(value))
             if kind == "nullable":
                 self.null[name][i] = value is None
                 if value is None:
@@ -129,10 +133,78 @@ def _py(value: Any, kind: tuple[str, Any]) -> Any:
     return value
 
 
+class MapColumn:
+    """A map field decoded lazily: the entry count of every row now, a row's dict when asked.
+
+    For a map the consumer only bounds and carries (a bid request's ``context``: the policy never
+    reads it), building 5,000 dicts a batch was a third of decoding a request. The map's bytes are
+    checked as fully as an eager decode (structure, UTF-8; anything else takes the fastavro path
+    for its record), so decoding one later cannot fail. Indexing with an integer gives that row's
+    dict; with a slice, mask or index array, another lazy column of those rows; ``tolist()`` all
+    the dicts. Rows written by :meth:`Columns.set_row` (the fastavro fallback) hold their dicts.
+    """
+
+    counts: Any
+    """Entries written per row (int64): at least the dict's length (a key written twice counts
+    twice), so a bound on it is safe to check first."""
+
+    __slots__ = ("_end", "_fixed", "_raw", "_start", "_values", "counts")
+
+    def __init__(
+        self,
+        counts: Any,
+        raw: bytes,
+        start: Any,
+        end: Any,
+        values_type: str,
+        fixed: Any,
+    ) -> None:
+        self.counts = counts
+        self._raw = raw
+        self._start = start
+        self._end = end
+        self._values = values_type
+        self._fixed = fixed
+
+    def __len__(self) -> int:
+        return int(self.counts.shape[0])
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, (int, np.integer)):
+            fixed = self._fixed[index]
+            if fixed is not None:
+                return fixed
+            return self._decode(np.array([int(index)], dtype=np.int64))[0]
+        return MapColumn(
+            self.counts[index],
+            self._raw,
+            self._start[index],
+            self._end[index],
+            self._values,
+            self._fixed[index],
+        )
+
+    def __setitem__(self, i: int, value: Mapping[str, Any]) -> None:
+        self._fixed[i] = dict(value)
+        self.counts[i] = len(value)
+
+    def tolist(self) -> list[dict[str, Any]]:
+        """Every row's dict (decoded now, except the rows set from fastavro records)."""
+        maps: list[dict[str, Any] | None] = self._fixed.tolist()
+        lazy = [i for i, m in enumerate(maps) if m is None]
+        for i, m in zip(lazy, self._decode(np.array(lazy, dtype=np.int64)), strict=True):
+            maps[i] = m
+        return maps  # type: ignore[return-value]  # every None was replaced
+
+    def _decode(self, rows: Any) -> list[dict[str, Any]]:
+        # positions copied by the fancy index: the reads advance them
+        cur = _Cursor.at(self._raw, self._start[rows], self._end[rows])
+        maps: list[dict[str, Any]] = cur.read_map(np.arange(len(rows)), self._values).tolist()
+        return maps
+
+
 _SHIFTS = (np.arange(10, dtype=np.uint64) * np.uint64(7)).astype(np.uint64)
 _ARANGE10 = np.arange(10, dtype=np.int64)
-_ARANGE8 = np.arange(8, dtype=np.int64)
-_ARANGE32 = np.arange(32, dtype=np.int64)
 _ARANGE64 = np.arange(64, dtype=np.int64)
 
 
@@ -141,12 +213,35 @@ class _Cursor:
 
     def __init__(self, values: Sequence[bytes]) -> None:
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-        self.raw = b"".join(values) + bytes(_PAD)
-        self.buf = np.frombuffer(self.raw, dtype=np.uint8)
-        self.ends = np.cumsum(lengths)
-        self.pos = self.ends - lengths
-        self.bad = np.zeros(len(values), dtype=np.bool_)
-        self.limit = len(self.raw) - 1
+        ends = np.cumsum(lengths)
+        self._over(b"".join(values) + bytes(_PAD), ends - lengths, ends)
+
+    @classmethod
+    def at(cls, raw: bytes, pos: Any, ends: Any) -> _Cursor:
+        """A cursor over ``raw`` (a buffer made by ``__init__``) at positions ``pos``."""
+        cur = cls.__new__(cls)
+        cur._over(raw, pos, ends)
+        return cur
+
+    def _over(self, raw: bytes, pos: Any, ends: Any) -> None:
+        self.raw = raw
+        self.buf = np.frombuffer(raw, dtype=np.uint8)
+        # every 64-byte window of the buffer, as a view: a gather of ``width`` bytes at n
+        # positions is one row gather from it (no n × width index array: allocating and
+        # faulting that was most of the cost of decoding a string column)
+        self.windows = np.lib.stride_tricks.sliding_window_view(self.buf, _PAD)
+        # the little-endian double starting at every byte (an unaligned view: one gather a column)
+        self.doubles = np.ndarray((len(raw) - 7,), dtype="<f8", buffer=raw, strides=(1,))
+        self.ends = ends
+        self.pos = pos
+        self.bad = np.zeros(len(pos), dtype=np.bool_)
+        self.limit = len(raw) - 1
+        self.widest = 0  # set by string_column
+
+    def window(self, pos: Any, width: int) -> Any:
+        """``(len(pos), width)`` bytes starting at each position (``width`` ≤ 64); a position
+        outside the values reads the zero padding."""
+        return self.windows[np.clip(pos, 0, len(self.windows) - 1), :width]
 
     def varint(self, rows: Any, max_bytes: int) -> Any:
         """Zig-zag varints at ``rows``' cursors (advanced); overlong ones mark rows bad.
@@ -157,24 +252,23 @@ class _Cursor:
         """
         pos = self.pos[rows]
         first = self.buf[np.clip(pos, 0, self.limit)]
-        if bool((first < 0x80).all()):
-            raw = first.astype(np.uint64)
-            length: Any = np.ones(len(rows), dtype=np.int64)
-            last = first
-        else:
-            # most multi-byte varints are short (lengths, counts): try a 3-byte window first
-            for width in (min(3, max_bytes), max_bytes):
-                window = self.buf[np.clip(pos[:, None] + _ARANGE10[None, :width], 0, self.limit)]
-                stop = window < 0x80
-                ends = stop.any(axis=1)
-                if width == max_bytes or bool(ends.all()):
-                    break
-            length = np.argmax(stop, axis=1) + 1
-            length[~ends] = 0
-            used = _ARANGE10[None, :width] < length[:, None]
-            groups = (window & 0x7F).astype(np.uint64) << _SHIFTS[None, :width]
-            raw = np.bitwise_or.reduce(np.where(used, groups, np.uint64(0)), axis=1)
-            last = window[np.arange(len(rows)), np.maximum(length - 1, 0)]
+        if bool((first < 0x80).all()):  # one byte each: always canonical, always in range
+            small = first.astype(np.int64)
+            self.pos[rows] = pos + 1
+            return (small >> 1) ^ -(small & 1)
+        # most multi-byte varints are short (lengths, counts): try a 3-byte window first
+        for width in (min(3, max_bytes), max_bytes):
+            window = self.window(pos, width)
+            stop = window < 0x80
+            ends = stop.any(axis=1)
+            if width == max_bytes or bool(ends.all()):
+                break
+        length = np.argmax(stop, axis=1) + 1
+        length[~ends] = 0
+        used = _ARANGE10[None, :width] < length[:, None]
+        groups = (window & 0x7F).astype(np.uint64) << _SHIFTS[None, :width]
+        raw = np.bitwise_or.reduce(np.where(used, groups, np.uint64(0)), axis=1)
+        last = window[np.arange(len(rows)), np.maximum(length - 1, 0)]
         bad = length == 0
         length[bad] = max_bytes
         value = (raw >> np.uint64(1)).astype(np.int64) ^ -(raw & np.uint64(1)).astype(np.int64)
@@ -188,9 +282,8 @@ class _Cursor:
 
     def double(self, rows: Any) -> Any:
         pos = self.pos[rows]
-        b = self.buf[np.clip(pos[:, None] + _ARANGE8, 0, self.limit)]
         self.pos[rows] = pos + 8
-        return np.ascontiguousarray(b).view("<f8").reshape(-1)
+        return self.doubles[np.clip(pos, 0, len(self.doubles) - 1)]
 
     def boolean(self, rows: Any) -> Any:
         pos = self.pos[rows]
@@ -218,10 +311,10 @@ class _Cursor:
         start, end = self._spans(rows)
         size = end - start
         width = int(size.max()) if size.size else 0
+        self.widest = width  # bytes: a bound on the characters of every value read here
         if 0 < width <= 64 and size.size >= 64:
             used = _ARANGE64[None, :width] < size[:, None]
-            at = np.minimum(start[:, None] + _ARANGE64[None, :width], self.limit)
-            block = np.where(used, self.buf[at], np.uint8(0))
+            block = np.where(used, self.window(start, width), np.uint8(0))
             # a NUL inside a value would be stripped by the fixed-width cast; non-ASCII needs
             # the UTF-8 decode: both take the per-row path
             if not (block >= 0x80).any() and (block != 0).sum() == int(size.sum()):
@@ -263,7 +356,7 @@ class _Cursor:
         if width > 32 or not bool((size == width).all()):
             return None
         if width:
-            block = self.buf[start[:, None] + _ARANGE32[None, :width]]
+            block = self.window(start, width)
             if not bool((block == block[0]).all()):
                 return None
         return self.raw[int(start[0]) : int(start[0]) + width]
@@ -328,6 +421,63 @@ class _Cursor:
             maps = [{} if m is None else m for m in maps]
         return np.fromiter(maps, dtype=object, count=n)
 
+    def map_column(self, rows: Any, values_type: str) -> MapColumn:
+        """:meth:`read_map` as a :class:`MapColumn`: the maps at ``rows`` are checked, counted
+        and stepped over; their dicts are built only when asked for."""
+        n = len(rows)
+        start = self.pos[rows]
+        counts = np.zeros(n, dtype=np.int64)
+        slot = np.arange(n)
+        active = rows
+        while active.size:
+            count = self.varint(active, 10)
+            self.bad[active[count < 0]] = True
+            more = count > 0
+            active, slot, count = active[more], slot[more], count[more]
+            counts[slot] += count
+            left = count
+            sub = active
+            while sub.size:
+                self._skip(sub, "string")
+                self._skip(sub, values_type)
+                left = left - 1
+                self.bad[sub[self.pos[sub] > self.ends[sub]]] = True
+                go = (left > 0) & ~self.bad[sub]
+                sub, left = sub[go], left[go]
+            self.bad[active[self.pos[active] > self.ends[active]]] = True
+            ok = ~self.bad[active]
+            active, slot = active[ok], slot[ok]
+        fixed = np.empty(n, dtype=object)
+        return MapColumn(counts, self.raw, start, self.ends[rows], values_type, fixed)
+
+    def _skip(self, rows: Any, t: str) -> None:
+        """Step over one value of type ``t`` at ``rows``' cursors, checking it as :meth:`read`
+        would (strings must be UTF-8: ASCII spans up to 64 bytes in one gather, the others
+        decoded row by row)."""
+        if t == "double":
+            self.pos[rows] += 8
+            return
+        if t in ("int", "long"):
+            self.varint(rows, 5 if t == "int" else 10)
+            return
+        start, end = self._spans(rows)
+        size = end - start
+        check = size > 64
+        short = np.flatnonzero(~check & (size > 0))
+        if short.size:
+            width = int(size[short].max())
+            used = _ARANGE64[None, :width] < size[short, None]
+            check[short] = ((self.window(start[short], width) >= 0x80) & used).any(axis=1)
+        if check.any():
+            raw = self.raw
+            for r, s0, e0 in zip(
+                rows[check].tolist(), start[check].tolist(), end[check].tolist(), strict=True
+            ):
+                try:
+                    raw[s0:e0].decode()
+                except UnicodeDecodeError:
+                    self.bad[r] = True
+
 
 def _filler(t: str, n: int) -> Any:
     if t == "double":
@@ -342,7 +492,10 @@ def _filler(t: str, n: int) -> Any:
 
 
 def decode_columns(
-    serde: AvroSerde, values: Sequence[bytes | None], min_vectorized: int = 0
+    serde: AvroSerde,
+    values: Sequence[bytes | None],
+    min_vectorized: int = 0,
+    lazy_maps: Collection[str] = (),
 ) -> tuple[Columns, list[tuple[int, str]]] | None:
     """Decode a batch into :class:`Columns`; ``None`` if the schema or wire format is unsupported.
 
@@ -352,6 +505,8 @@ def decode_columns(
         min_vectorized: Below this many values, decode record by record with fastavro and fill
             the columns from the records: the vectorized pass has ~1 ms of fixed cost per batch,
             which dominates the small batches of a lightly loaded, latency-bound stage.
+        lazy_maps: Map fields (not nullable) to decode as a :class:`MapColumn` on the vectorized
+            path: checked and counted, their dicts built only when read.
 
     Returns:
         ``(columns, failures)`` with ``(input index, reason)`` for values that fastavro could not
@@ -391,6 +546,8 @@ def decode_columns(
                 cur.bad |= ended
         if kind == "prim":
             cols.data[name] = cur.read(rows, detail)
+            if detail == "string":
+                cols.longest[name] = cur.widest
         elif kind == "enum":
             index = cur.varint(rows, 10)
             out_of_range = (index < 0) | (index >= len(detail))
@@ -398,7 +555,10 @@ def decode_columns(
             symbols = np.array(detail, dtype=object)
             cols.data[name] = symbols[np.where(out_of_range, 0, index)]
         elif kind == "map":
-            cols.data[name] = cur.read_map(rows, detail)
+            if name in lazy_maps:
+                cols.data[name] = cur.map_column(rows, detail)
+            else:
+                cols.data[name] = cur.read_map(rows, detail)
         else:
             branch = cur.varint(rows, 10)
             cur.bad[rows[(branch != 0) & (branch != 1)]] = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -19,6 +20,18 @@ from processor.codec.serde import AvroSerde, load_schema_json, strip_logical_typ
 from processor.errors import SerializationError
 
 _SMALL_LEN = [bytes([2 * i]) for i in range(64)]
+# zig-zag values from these up take one more varint byte: 2^7, 2^14, ..., 2^63
+_VARINT_STEPS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """A column given as ``codes`` (int array, one per row) into ``values``, its distinct values:
+    each value is encoded once and its bytes copied to its rows (a decision's mode or guardrail
+    list, where a batch has a handful of distinct values)."""
+
+    codes: Any
+    values: Sequence[Any]
 
 
 def avro_long(n: int) -> bytes:
@@ -64,6 +77,12 @@ def _string_flat(texts: Sequence[str]) -> Flat:
     if len(data) != len(joined) or (n and int(chars.max()) >= 64):
         return _flat(_string_parts(texts))
     lens = chars + 1
+    size = int(chars[0]) if n else 0
+    if n and bool((chars == size).all()):  # one length (request ids): rows of size + 1 bytes
+        rows = np.empty((n, size + 1), dtype=np.uint8)
+        rows[:, 0] = 2 * size
+        rows[:, 1:] = np.frombuffer(data, dtype=np.uint8).reshape(n, size)
+        return lens, rows.reshape(-1)
     ends = np.cumsum(lens)
     flat = np.empty(int(ends[-1]) if n else 0, dtype=np.uint8)
     prefix = ends - lens
@@ -74,13 +93,42 @@ def _string_flat(texts: Sequence[str]) -> Flat:
     return lens, flat
 
 
+def _zigzag(col: Any) -> Any:
+    v = np.asarray(col, dtype=np.int64)
+    return (v.astype(np.uint64) << np.uint64(1)) ^ (v >> 63).astype(np.uint64)
+
+
 def _varint_block(cols: Sequence[Any], n: int) -> Flat:
-    """The zig-zag varints of several long columns, per row concatenated (vectorized)."""
+    """The zig-zag varints of several long columns, per row concatenated (vectorized).
+
+    A column whose varints all have one length (a constant such as the policy version or the
+    decision time, timestamps of one era) is written as an ``n × length`` block directly; the
+    block is the rows' bytes when every column is such a column.
+    """
+    blocks = []
+    for col in cols:
+        z = _zigzag(col)
+        length = np.searchsorted(_VARINT_STEPS, z, side="right") + 1
+        width = int(length[0])
+        if not bool((length == width).all()):
+            return _varint_block_general(cols, n)
+        if bool((z == z[0]).all()):
+            one = np.frombuffer(avro_long(int(np.asarray(col)[0])), dtype=np.uint8)
+            blocks.append(np.broadcast_to(one, (n, width)))
+            continue
+        groups = (z[:, None] >> _SHIFTS[None, :width]) & np.uint64(0x7F)
+        groups[:, :-1] |= np.uint64(0x80)
+        blocks.append(groups.astype(np.uint8))
+    block = np.concatenate(blocks, axis=1) if len(blocks) > 1 else np.ascontiguousarray(blocks[0])
+    return np.full(n, block.shape[1], dtype=np.int64), block.reshape(-1)
+
+
+def _varint_block_general(cols: Sequence[Any], n: int) -> Flat:
+    """:func:`_varint_block` for columns of varints of several lengths."""
     mats = []
     lens = []
     for col in cols:
-        v = np.asarray(col, dtype=np.int64)
-        z = (v.astype(np.uint64) << np.uint64(1)) ^ (v >> 63).astype(np.uint64)
+        z = _zigzag(col)
         groups = (z[:, None] >> _SHIFTS[None, :]) & np.uint64(0x7F)
         length = np.maximum(1, 10 - np.argmax(groups[:, ::-1] != 0, axis=1))
         length = np.where((groups != 0).any(axis=1), length, 1)
@@ -107,18 +155,36 @@ def _assemble(fields: Sequence[Flat], n: int) -> list[bytes]:
     row_start[0] = 0
     row_start[1:] = row_end[:-1]
     field_start = row_start[:, None] + np.cumsum(lens, axis=1) - lens
-    out = np.empty(int(row_end[-1]), dtype=np.uint8)
+    total = int(row_end[-1])
+    out = np.empty(total, dtype=np.uint8)
     for f, (field_lens, data) in enumerate(fields):
         width = int(field_lens[0])
-        if bool((field_lens == width).all()):
-            at = (field_start[:, f][:, None] + np.arange(width, dtype=np.int64)).reshape(-1)
-        else:
+        if width and bool((field_lens == width).all()):
+            # the same width in every row: rows written at their offsets through a view of the
+            # buffer's width-byte windows (no n × width index array)
+            windows = np.lib.stride_tricks.sliding_window_view(out, width, writeable=True)
+            windows[field_start[:, f]] = data.reshape(n, width)
+        elif data.size:
             first = np.cumsum(field_lens) - field_lens
             at = np.repeat(field_start[:, f] - first, field_lens)
             at += np.arange(at.shape[0], dtype=np.int64)
-        out[at] = data
+            out[at] = data
     raw = out.tobytes()
     return [raw[s:e] for s, e in zip(row_start.tolist(), row_end.tolist(), strict=True)]
+
+
+def _take(table: Flat, codes: Any) -> Flat:
+    """The rows of a field given as the encoded distinct values ``table`` and each row's code."""
+    table_lens, table_data = table
+    lens = table_lens[codes]
+    width = int(table_lens[0]) if table_lens.size else 0
+    if table_lens.size and bool((table_lens == width).all()):
+        return lens, table_data.reshape(-1, width)[codes].reshape(-1)
+    starts = np.cumsum(table_lens) - table_lens
+    first = np.cumsum(lens) - lens
+    at = np.repeat(starts[codes] - first, lens)
+    at += np.arange(at.shape[0], dtype=np.int64)
+    return lens, table_data[at]
 
 
 def _double_maps(maps: Sequence[Mapping[str, float]]) -> list[bytes]:
@@ -163,13 +229,38 @@ def _writer_plan(name: str) -> tuple[tuple[str, str, Any], ...] | None:
     return tuple(plan)
 
 
+def _field(kind: str, detail: Any, col: Sequence[Any]) -> Flat:
+    """One field of every row that is not a number: a string, boolean, enum symbol,
+    ``map<double>`` or ``array<string>``."""
+    if kind == "string":
+        return _string_flat(col)
+    if kind == "boolean":
+        flags = np.asarray(col, dtype=np.bool_).astype(np.uint8)
+        return np.ones(len(flags), dtype=np.int64), flags
+    if kind == "enum":
+        return _flat([detail[s] for s in col])
+    if kind == "map_double":
+        return _flat(_double_maps(col))
+    cache_: dict[tuple[str, ...], bytes] = {}
+    out = []
+    for items in col:
+        key = tuple(items)
+        enc = cache_.get(key)
+        if enc is None:
+            body = b"".join(_string_parts(key))
+            enc = (avro_long(len(key)) + body + b"\x00") if key else b"\x00"
+            cache_[key] = enc
+        out.append(enc)
+    return _flat(out)
+
+
 def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list[bytes] | None:
     """Encode ``n`` records given as columns; byte-identical to ``serde.encode`` per record.
 
     ``columns`` maps every field to a sequence of length ``n``: numpy arrays for numbers, str
     sequences for strings and enum symbols, lists of str for ``array<string>``, mappings for
-    ``map<double>``. Returns ``None`` when the schema is not flat or a registry is configured
-    (callers then encode per record).
+    ``map<double>``; any column may be a :class:`Categorical` instead. Returns ``None`` when
+    the schema is not flat or a registry is configured (callers then encode per record).
     Values the schema cannot hold raise :class:`SerializationError` like ``encode`` does.
     """
     plan = _writer_plan(serde.name)
@@ -192,6 +283,8 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
         for name, kind, detail in plan:
             col = columns[name]
             if kind in ("double", "long", "int"):
+                if isinstance(col, Categorical):
+                    col = np.asarray(col.values)[np.asarray(col.codes, dtype=np.intp)]
                 k = "double" if kind == "double" else "long"
                 if k != group_kind:
                     flush()
@@ -204,27 +297,11 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
                 group.append(col)
                 continue
             flush()
-            if kind == "string":
-                parts.append(_string_flat(col))
-            elif kind == "boolean":
-                flags = np.asarray(col, dtype=np.bool_).astype(np.uint8)
-                parts.append((np.ones(n, dtype=np.int64), flags))
-            elif kind == "enum":
-                parts.append(_flat([detail[s] for s in col]))
-            elif kind == "map_double":
-                parts.append(_flat(_double_maps(col)))
+            if isinstance(col, Categorical):
+                codes = np.asarray(col.codes, dtype=np.intp)
+                parts.append(_take(_field(kind, detail, col.values), codes))
             else:
-                cache_: dict[tuple[str, ...], bytes] = {}
-                out = []
-                for items in col:
-                    key = tuple(items)
-                    enc = cache_.get(key)
-                    if enc is None:
-                        body = b"".join(_string_parts(key))
-                        enc = (avro_long(len(key)) + body + b"\x00") if key else b"\x00"
-                        cache_[key] = enc
-                    out.append(enc)
-                parts.append(_flat(out))
+                parts.append(_field(kind, detail, col))
         flush()
         if any(lens.shape != (n,) for lens, _ in parts):
             msg = f"a column does not have {n} values"

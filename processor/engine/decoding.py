@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from processor.codec.columnar import Columns, decode_columns
+from processor.codec.columnar import Columns, MapColumn, decode_columns
 from processor.codec.serde import AvroSerde
 from processor.config import LimitsConfig
 from processor.engine import outputs
@@ -35,6 +35,9 @@ _MAP_FIELDS: dict[str, tuple[str, ...]] = {
     "TradeOutcome": ("model_rewards", "model_contributions"),
     "ControlCommand": ("weights",),
 }
+# Maps that are only bounded and carried, never read: decoded lazily (``MapColumn``) on the
+# columnar path.
+_CARRIED_MAPS: dict[str, tuple[str, ...]] = {"BidRequest": ("context",)}
 # Numbers that must be finite when present. Checked before columns are built, because the policy's
 # batches use NaN to mean "missing": an explicit NaN must not slip through as "no value".
 _FLOAT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -138,7 +141,8 @@ def decode_batch_columns(
     if _longest(values) > max_bytes:
         # rare: keep the record path's exact handling of oversize messages
         return None
-    decoded = decode_columns(serde, values, min_vectorized=outputs.MIN_VECTORIZED)
+    lazy = _CARRIED_MAPS.get(schema, ())
+    decoded = decode_columns(serde, values, min_vectorized=outputs.MIN_VECTORIZED, lazy_maps=lazy)
     if decoded is None:
         return None
     cols, failures = decoded
@@ -151,7 +155,7 @@ def decode_batch_columns(
     max_len = limits.max_string_length
     for name in _STRING_FIELDS[schema]:
         col = cols.data.get(name)
-        if col is not None:
+        if col is not None and cols.longest.get(name, max_len + 1) > max_len:
             suspect |= np.fromiter(map(len, col), dtype=np.int64, count=n) > max_len
     for name in _FLOAT_FIELDS[schema]:
         bad_number = ~np.isfinite(cols.data[name])
@@ -159,8 +163,11 @@ def decode_batch_columns(
         suspect |= bad_number if null is None else bad_number & ~null
     for name in _MAP_FIELDS.get(schema, ()):
         col = cols.data[name]
-        sizes = [0 if m is None else len(m) for m in col.tolist()]
-        suspect |= np.asarray(sizes, dtype=np.int64) > limits.max_map_entries
+        if isinstance(col, MapColumn):  # entries written: an upper bound, checked exactly below
+            suspect |= col.counts > limits.max_map_entries
+        else:
+            sizes = [0 if m is None else len(m) for m in col.tolist()]
+            suspect |= np.asarray(sizes, dtype=np.int64) > limits.max_map_entries
     key_col = cols.data[_KEY_FIELD[schema]].tolist()
     keys = source.keys
     encoded = [k.encode() for k in key_col]

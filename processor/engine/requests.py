@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from processor.codec.columnar_encode import encode_columns
+from processor.codec.columnar_encode import Categorical, encode_columns
 from processor.engine import outputs
 from processor.engine.outputs import EngineOutputs, MergedSource, SourceBatch, dead_letter
 from processor.join.reward_join import request_keys
-from processor.policy.batches import DecisionBatch, RequestBatch
+from processor.policy.batches import MODES, DecisionBatch, RequestBatch
 from processor.policy.bidding import LookedUp
 from processor.policy.safety import GUARDRAIL_NAMES
 
@@ -121,23 +121,21 @@ def _emit(
     """
     serde = engine.serdes["BidDecision"]
     n = len(decisions)
-    masks = decisions.guardrails.tolist()
-    names_of: dict[int, list[str]] = {}
-    for m in set(masks):
-        names_of[m] = [g for i, g in enumerate(GUARDRAIL_NAMES) if m >> i & 1]
+    # a batch has a handful of distinct modes and guardrail lists: each is encoded once
+    masks, mask_codes = np.unique(decisions.guardrails, return_inverse=True)
+    names_of = [[g for i, g in enumerate(GUARDRAIL_NAMES) if m >> i & 1] for m in masks.tolist()]
     campaign_ids = decisions.campaign_id.tolist()
     arms = decisions.arm.tolist()
-    modes = decisions.mode_names().tolist()
     columns = {
-        "request_id": decisions.request_id.tolist(),
+        "request_id": decisions.request_id,
         "campaign_id": campaign_ids,
         "arm": arms,
         "bid_amount": decisions.bid_amount,
         "budget": decisions.budget,
         "propensity": decisions.propensity,
         "confidence": decisions.confidence,
-        "mode": modes,
-        "guardrails": [names_of[m] for m in masks],
+        "mode": Categorical(decisions.mode, MODES),
+        "guardrails": Categorical(mask_codes, names_of),
         "policy_version": decisions.policy_version,
         "event_time": decisions.event_time,
         "decided_at": decisions.decided_at,
@@ -149,10 +147,14 @@ def _emit(
     for p, start, end in spans:
         out = outs[p]
         out.decisions.extend(zip(keys[start:end], values[start:end], strict=True))
-        out.modes.update(Counter(modes[start:end]))
+        modes = np.bincount(decisions.mode[start:end], minlength=len(MODES))
+        for mode, count in zip(MODES, modes.tolist(), strict=False):
+            if count:
+                out.modes[mode] += count
         out.arms_chosen.update(Counter(arms[start:end]))
-        for m, count in Counter(masks[start:end]).items():
-            for g in names_of[m]:
+        lists = np.bincount(mask_codes[start:end], minlength=len(names_of))
+        for names, count in zip(names_of, lists.tolist(), strict=True):
+            for g in names if count else ():
                 out.guardrails[g] += count
 
 

@@ -62,7 +62,12 @@ def _cols_int(columns: Any, name: str, rows: I64) -> I64:
 
 @dataclass(frozen=True)
 class RequestBatch:
-    """A batch of BidRequest records as numpy columns (NaN = missing ``target_cpa``)."""
+    """A batch of BidRequest records as numpy columns (NaN = missing ``target_cpa``).
+
+    ``context`` (the policy never reads it) is a column of dicts: an object array from records, a
+    lazily decoded :class:`~processor.codec.columnar.MapColumn` from columns; both index like an
+    array and give the dicts with ``tolist()``.
+    """
 
     request_id: npt.NDArray[Any]
     campaign_id: npt.NDArray[Any]
@@ -74,7 +79,7 @@ class RequestBatch:
     spent_today: F64
     target_cpa: F64
     utc_offset_minutes: I64
-    context: npt.NDArray[Any]
+    context: Any
 
     def __len__(self) -> int:
         return int(self.request_id.shape[0])
@@ -115,7 +120,7 @@ class RequestBatch:
             spent_today=_cols_float(columns, "spent_today", rows),
             target_cpa=_cols_float(columns, "target_cpa", rows),
             utc_offset_minutes=_cols_int(columns, "utc_offset_minutes", rows),
-            context=np.asarray(columns.data["context"][rows], dtype=object),
+            context=columns.data["context"][rows],
         )
 
     def take(self, index: Any) -> RequestBatch:

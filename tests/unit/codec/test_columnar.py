@@ -15,14 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processor.codec.columnar import columnar_plan, decode_columns
-from processor.codec.columnar_encode import encode_columns
+from processor.codec.columnar import MapColumn, columnar_plan, decode_columns
+from processor.codec.columnar_encode import Categorical, encode_columns
 from processor.codec.serde import (
     SerdeRegistry,
     legacy_writer_schemas,
     load_schema_json,
     strip_logical_types,
 )
+from processor.policy.batches import RequestBatch
+from processor.policy.simulator import MarketSimulator
 
 SERDES = SerdeRegistry()
 _ADDR = re.compile(r" at 0x[0-9a-f]+")
@@ -89,12 +91,25 @@ def _check(name: str, values: list[bytes | None]) -> None:
     assert [(i, _ADDR.sub("", w)) for i, w in small_failures] == [
         (i, _ADDR.sub("", w)) for i, w in failures
     ]
+    # every (not nullable) map of the schema decoded lazily: same failures, same records
+    maps = [f for f, (kind, _) in cols.plan if kind == "map"]
+    lazy = decode_columns(serde, values, lazy_maps=maps)
+    assert lazy is not None
+    lazy_cols, lazy_failures = lazy
+    assert [i for i, _ in lazy_failures] == [i for i, _ in failures]
     for rec, i in zip(records, ok, strict=True):
         got = cols.record(i)
         assert _same(got, rec), (i, got, rec)
         assert _same(small_cols.record(i), rec)
+        assert _same(lazy_cols.record(i), rec)
     for name in cols.null:
         assert np.array_equal(cols.null[name][ok], small_cols.null[name][ok])
+    for name in maps:
+        column = lazy_cols.data[name]
+        assert isinstance(column, MapColumn)
+        kept = column[np.asarray(ok, dtype=np.int64)]  # a lazy column of the decoded rows
+        assert all(_same(m, rec[name]) for m, rec in zip(kept.tolist(), records, strict=True))
+        assert all(int(c) >= len(rec[name]) for c, rec in zip(kept.counts, records, strict=True))
 
 
 def test_every_input_schema_has_a_columnar_plan() -> None:
@@ -196,7 +211,9 @@ def test_batch_with_many_rows_matches() -> None:
     _check("BidOutcome", values)
 
 
-@pytest.mark.parametrize("shape", ["one entry each", "some empty", "some several", "repeated key"])
+@pytest.mark.parametrize(
+    "shape", ["one entry each", "some empty", "some several", "repeated key", "two blocks"]
+)
 def test_request_contexts_decode_like_fastavro(shape: str) -> None:
     """Maps of a large batch: every row's first entry at once, rows without entries, rows with
     more entries than the others, a key written twice (the last value wins, as in fastavro)."""
@@ -228,7 +245,75 @@ def test_request_contexts_decode_like_fastavro(shape: str) -> None:
         body = SERDES["BidRequest"].encode({**rec, "context": {}})[:-1]
         values[42] = body + b"\x04" + b"\x02k\x02x" + b"\x02k\x02y" + b"\x00"
         assert SERDES["BidRequest"].decode(values[42])["context"] == {"k": "y"}
+    if shape == "two blocks":  # a writer may split a map into blocks: one entry each here
+        body = SERDES["BidRequest"].encode({**rec, "context": {}})[:-1]
+        values[42] = body + b"\x02" + b"\x02k\x02x" + b"\x02" + b"\x02j\x02y" + b"\x00"
+        assert SERDES["BidRequest"].decode(values[42])["context"] == {"k": "x", "j": "y"}
     _check("BidRequest", values)
+
+
+def test_a_request_batch_carries_the_same_contexts_from_columns_as_from_records() -> None:
+    """The columnar path keeps ``context`` lazily decoded; sub-batches of it (by slice, mask,
+    indices) hold the dicts the record path holds, and a row written from a fastavro record
+    (a map in a negative-count block: not the vectorized path's) keeps its dict."""
+    sim = MarketSimulator(4, n_campaigns=5)
+    records = list(sim.bid_requests(300, 1_700_000_000_000, 100.0))
+    for i in range(0, 300, 7):
+        records[i]["context"] = {f"k{j}": "é" * j for j in range(i % 4)}
+    serde = SERDES["BidRequest"]
+    values = [serde.encode(r) for r in records]
+    # context is the last field: rewrite row 10's as one block of count -1 with its byte size
+    body = serde.encode({**records[10], "context": {}})[:-1]
+    values[10] = body + b"\x01" + b"\x0c" + b"\x04ab\x04cd" + b"\x00"
+    records[10]["context"] = {"ab": "cd"}
+    assert serde.decode(values[10])["context"] == {"ab": "cd"}
+    decoded = decode_columns(serde, values, lazy_maps=["context"])
+    assert decoded is not None and decoded[1] == []
+    lazy = RequestBatch.from_columns(decoded[0], np.arange(300))
+    eager = RequestBatch.from_records(records)
+    assert isinstance(lazy.context, MapColumn)
+    mask = np.arange(300) % 3 == 1
+    for index in (slice(None), slice(5, 50), mask, np.array([10, 3, 299, 10])):
+        assert lazy.take(index).context.tolist() == eager.take(index).context.tolist()
+    assert lazy.context[10] == {"ab": "cd"} and lazy.context[14] == eager.context[14]
+
+
+@pytest.mark.parametrize("where", ["key", "value"])
+@pytest.mark.parametrize("length", [5, 64, 65, 200])
+def test_lazily_decoded_maps_reject_invalid_utf8_like_fastavro(where: str, length: int) -> None:
+    """A map decoded lazily is still checked: invalid UTF-8 in a key or a value, in a span the
+    one-gather check covers (up to 64 bytes) or one decoded row by row, fails its record exactly
+    as fastavro does; valid non-ASCII text in the same batch decodes."""
+    marker = "M" * length
+    values = []
+    for i in range(200):
+        context = {"seg": str(i % 9)}
+        if i % 10 == 3:
+            context[marker if where == "key" else "k"] = "v" if where == "key" else marker
+        if i % 10 == 7:
+            context["é" * (length // 2)] = "ü" * (length // 2)
+        rec = {
+            "request_id": f"r-{i}",
+            "campaign_id": "c",
+            "audience": "a",
+            "event_time": i,
+            "base_bid": 1.0,
+            "base_budget": 2.0,
+            "daily_budget": 100.0,
+            "spent_today": 0.0,
+            "target_cpa": None,
+            "utc_offset_minutes": 0,
+            "context": context,
+        }
+        raw = SERDES["BidRequest"].encode(rec)
+        if i % 20 == 3:  # every other marked row: a byte of the marker made invalid
+            at = raw.index(marker.encode()) + length // 2
+            raw = raw[:at] + b"\xff" + raw[at + 1 :]
+        values.append(raw)
+    _check("BidRequest", values)
+    decoded = decode_columns(SERDES["BidRequest"], values, lazy_maps=["context"])
+    assert decoded is not None
+    assert [i for i, _ in decoded[1]] == list(range(3, 200, 20))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -309,6 +394,82 @@ def test_columnar_encoding_of_every_id_length_is_byte_identical(
         )
     got = encode_columns(serde, _decision_columns(records), len(records))
     assert got == [serde.encode(r) for r in records]
+
+
+LONG_SHAPES = {
+    "constant": lambda i: 7,
+    "one length": lambda i: 1_700_000_000_000 + 37 * i,  # six bytes each
+    "mixed": lambda i: (-1) ** i * 3**i if i < 40 else i - 70,
+    "negative constant": lambda i: -(2**62),
+}
+
+
+@pytest.mark.parametrize("shape", list(LONG_SHAPES))
+@pytest.mark.parametrize("ids", ["one length", "several lengths"])
+def test_decision_columns_of_one_width_or_value_encode_byte_identical(shape: str, ids: str) -> None:
+    """The shapes the stage's decisions have: a constant policy version and decision time,
+    timestamps whose varints all have one length, request ids of one length — each written as a
+    block of rows — beside columns of mixed widths, in every combination."""
+    rng = random.Random(11)
+    make = LONG_SHAPES[shape]
+    records = []
+    for i in range(120):
+        width = 12 if ids == "one length" else rng.randint(0, 20)
+        records.append(
+            {
+                "request_id": "".join(rng.choices(string.ascii_letters, k=width)),
+                "campaign_id": f"c-{rng.randint(0, 10 ** rng.randint(0, 6))}",
+                "arm": rng.choice(["b0.8", "balanced", "aggressive-1.3"]),
+                "bid_amount": rng.random(),
+                "budget": 1e3 * rng.random(),
+                "propensity": rng.random(),
+                "confidence": rng.random(),
+                "mode": rng.choice(["explore", "exploit", "emergency", "blocked"]),
+                "guardrails": rng.choice([[], ["pacing"], ["cpa_cap", "budget_exhausted"]]),
+                "policy_version": make(i),
+                "event_time": LONG_SHAPES["one length"](i),
+                "decided_at": make(119 - i),
+            }
+        )
+    serde = SERDES["BidDecision"]
+    assert encode_columns(serde, _decision_columns(records), 120) == [
+        serde.encode(r) for r in records
+    ]
+
+
+def test_categorical_columns_encode_like_the_values_they_stand_for() -> None:
+    """A column given as codes into its distinct values (modes, guardrail lists, arms; distinct
+    values of one length and of several) writes the same bytes as the values themselves."""
+    rng = random.Random(12)
+    serde = SERDES["BidDecision"]
+    guardrails = [[], ["pacing"], ["cpa_cap", "budget_exhausted"], ["é-non-ascii"]]
+    records = [
+        {
+            "request_id": f"r-{i}",
+            "campaign_id": "c",
+            "arm": rng.choice(["b0.8", "b1.2"]),
+            "bid_amount": 1.0,
+            "budget": 2.0,
+            "propensity": 0.5,
+            "confidence": 0.5,
+            "mode": rng.choice(["explore", "blocked"]),
+            "guardrails": rng.choice(guardrails),
+            "policy_version": rng.choice([3, 300]),
+            "event_time": i,
+            "decided_at": 5,
+        }
+        for i in range(150)
+    ]
+    columns = _decision_columns(records)
+    for name, values in [
+        ("arm", ["b0.8", "b1.2"]),
+        ("mode", ["explore", "exploit", "emergency", "blocked"]),
+        ("guardrails", guardrails),
+        ("policy_version", [3, 300]),
+    ]:
+        codes = np.array([values.index(r[name]) for r in records])
+        columns[name] = Categorical(codes, values)
+    assert encode_columns(serde, columns, 150) == [serde.encode(r) for r in records]
 
 
 # ids as the stage writes them (ASCII, mostly under 64 characters: the one-byte-length path)

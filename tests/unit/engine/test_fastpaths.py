@@ -75,6 +75,8 @@ def _requests(n: int, seed: int) -> list[tuple[bytes | None, bytes | None]]:
             rec["context"] = {str(j): "v" for j in range(100)}
         if i % 45 == 6:
             rec["campaign_id"] = ""
+        if i % 95 == 9:  # too long; and a long id whose UTF-8 exceeds the limit, not its text
+            rec["request_id"] = "r" * 300 if i % 2 else "é" * 200
         value: bytes | None = serde.encode(rec)
         if i % 120 == 8:
             value = value[:5] if value else value
