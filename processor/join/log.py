@@ -80,6 +80,9 @@ class DecisionLog:
         self._purged_at = NO_TIME
         self._dirty_keys: list[U8] = []
         self._dirty_rows: list[Rows] = []
+        # the changed rows' ids, valid while the table's layout is the one they were taken in
+        self._dirty_ids: list[I64] = []
+        self._dirty_layout = self.table.layout
         # ring position (continued from the last chunk after a restore)
         self._slot = 0
         self._j = 0
@@ -157,7 +160,7 @@ class DecisionLog:
     def entries(self) -> tuple[U8, Rows]:
         """Keys and rows (copies) of every live entry, sorted by key."""
         bound = self.lower_bound
-        keys, rows = self.table.select(lambda r: r["t"] >= bound)
+        keys, rows, _ = self.table.select(lambda r: r["t"] >= bound)
         order = np.argsort(keys, kind="stable")
         return keys[order], take_rows(rows, order)
 
@@ -174,14 +177,14 @@ class DecisionLog:
         if not keys.shape[0]:
             return
         self.table.scatter(rid, rows)
-        self._mark(keys, rows)
+        self._mark(keys, rows, rid)
 
     def insert(self, keys: U8, rows: Rows) -> None:
         """Add entries for keys in no run (unique) and mark them changed."""
         if not keys.shape[0]:
             return
-        self.table.insert(keys, rows, self.lower_bound)
-        self._mark(keys, rows)
+        rid = self.table.insert(keys, rows, self.lower_bound)
+        self._mark(keys, rows, rid)
 
     def put_new(self, keys: U8, rows: Rows, rid: I64) -> None:
         """New entries: reuse the dead row of the same key where there is one, else insert."""
@@ -192,9 +195,12 @@ class DecisionLog:
             fresh = np.flatnonzero(rid < 0)
             self.insert(keys[fresh], take_rows(rows, fresh))
 
-    def _mark(self, keys: U8, rows: Rows) -> None:
+    def _mark(self, keys: U8, rows: Rows, rid: Any) -> None:
+        if not self._dirty_keys:
+            self._dirty_layout = self.table.layout
         self._dirty_keys.append(keys.copy())
         self._dirty_rows.append(rows.copy())
+        self._dirty_ids.append(np.asarray(rid, dtype=np.int64))
 
     @property
     def has_changes(self) -> bool:
@@ -213,15 +219,17 @@ class DecisionLog:
         """
         self.settle()
         clocks = (self.watermark, self.evict_below)
-        keys, rows = self._take_dirty()
+        keys, rows, rid = self._take_dirty()
         if not keys.shape[0] and clocks == self._written_clocks:
             return []
         bucket = self.watermark // self._bucket_ms
         if self._slot_bucket is None:
             self._slot_bucket = bucket
         elif bucket > self._slot_bucket or self._j >= CHUNKS_PER_SLOT:
-            keys, rows = self._take_over(keys, rows, bucket)
-        self.table.set_slot(self.table.find(keys), self._slot)
+            keys, rows, rid = self._take_over(keys, rows, rid, bucket)
+        if rid is None:  # the rows moved (a purge) since they changed: look them up
+            rid = self.table.find(keys)
+        self.table.set_slot(rid, self._slot)
         rows["slot"] = self._slot
         entries = to_entries(keys, rows)
         out = []
@@ -242,31 +250,40 @@ class DecisionLog:
         self._written_clocks = clocks
         return out
 
-    def _take_dirty(self) -> tuple[U8, Rows]:
-        """The changed entries' latest versions (live ones only), sorted by key."""
+    def _take_dirty(self) -> tuple[U8, Rows, I64 | None]:
+        """The changed entries' latest versions (live ones only), sorted by key, and their row
+        ids (None when a purge has moved rows since they changed)."""
         if not self._dirty_keys:
-            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=ROW)
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=ROW), np.zeros(0, np.int64)
         keys = np.concatenate(self._dirty_keys)
         rows = np.concatenate([r.view(RAW) for r in self._dirty_rows]).view(ROW)
+        ids = np.concatenate(self._dirty_ids)
+        valid = self._dirty_layout == self.table.layout
         self._dirty_keys.clear()
         self._dirty_rows.clear()
-        keys, rows = _latest(keys, rows)
+        self._dirty_ids.clear()
+        keys, rows, last = _latest(keys, rows)
         live = np.flatnonzero(rows["t"] >= self.lower_bound)
-        return keys[live], take_rows(rows, live)
+        return keys[live], take_rows(rows, live), ids[last[live]] if valid else None
 
-    def _take_over(self, keys: U8, rows: Rows, bucket: int) -> tuple[U8, Rows]:
+    def _take_over(
+        self, keys: U8, rows: Rows, rid: I64 | None, bucket: int
+    ) -> tuple[U8, Rows, I64 | None]:
         """Move the ring to the next slot; add the live entries held there to what is written."""
         nxt = (self._slot + 1) % SLOTS
         bound = self.lower_bound
-        old_keys, old_rows = self.table.select(lambda r: (r["slot"] == nxt) & (r["t"] >= bound))
+        old_keys, old_rows, old_rid = self.table.select(
+            lambda r: (r["slot"] == nxt) & (r["t"] >= bound)
+        )
         if old_keys.shape[0]:
             logger.debug("changelog slot %d reused: rewriting %d live entries", nxt, old_keys.size)
             both = np.concatenate([old_rows.view(RAW), rows.view(RAW)]).view(ROW)
-            keys, rows = _latest(np.concatenate([old_keys, keys]), both)
+            keys, rows, last = _latest(np.concatenate([old_keys, keys]), both)
+            rid = None if rid is None else np.concatenate([old_rid, rid])[last]
         self._slot = nxt
         self._j = 0
         self._slot_bucket = bucket if self._slot_bucket is None else max(bucket, self._slot_bucket)
-        return keys, rows
+        return keys, rows, rid
 
     def restore(self, chunks: list[bytes]) -> int:
         """Replace the log with the one ``chunks`` (a partition's join records) describe.
@@ -279,6 +296,7 @@ class DecisionLog:
         self.evict_below = merged.evict_below
         self._dirty_keys.clear()
         self._dirty_rows.clear()
+        self._dirty_ids.clear()
         bound = self.lower_bound
         live = np.flatnonzero(merged.rows["t"] >= bound)
         if live.size < merged.keys.shape[0]:
@@ -297,11 +315,12 @@ class DecisionLog:
         return int(live.size)
 
 
-def _latest(keys: U8, rows: Rows) -> tuple[U8, Rows]:
-    """Last row per key (input order), sorted by key."""
+def _latest(keys: U8, rows: Rows) -> tuple[U8, Rows, I64]:
+    """Last row per key (input order), sorted by key; and where each was in the input."""
     order = np.argsort(keys, kind="stable")
     k = keys[order]
     last = np.ones(k.shape[0], dtype=np.bool_)
     if k.shape[0] > 1:
         last[:-1] = k[1:] != k[:-1]
-    return k[last], take_rows(rows, order[last])
+    where = order[last]
+    return k[last], take_rows(rows, where), where

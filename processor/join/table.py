@@ -52,6 +52,9 @@ class EntryTable:
         self.store: Rows = np.zeros(0, dtype=ROW)
         self.used = 0
         self._pending = 0  # how many of the last runs are pending batches
+        self.layout = 0
+        """Changes whenever row ids do (a purge that drops rows, a load): a row id taken under
+        one layout is valid while it lasts."""
 
     def __len__(self) -> int:
         return sum(k.shape[0] for k in self.keys)
@@ -73,6 +76,7 @@ class EntryTable:
         n = keys.shape[0]
         self.store = np.ascontiguousarray(rows)
         self.used = n
+        self.layout += 1
         self.keys = [np.zeros(0, dtype=np.uint64)]
         self.ids = [np.zeros(0, dtype=np.int32)]
         self._pending = 0
@@ -114,19 +118,20 @@ class EntryTable:
         """Overwrite rows ``rid`` (every one ≥ 0)."""
         self.store.view(RAW)[rid] = rows.view(RAW)
 
-    def insert(self, keys: U8, rows: Rows, lower_bound: int) -> None:
-        """Add new keys (unique, in no run) with their rows; runs that overflow are merged."""
+    def insert(self, keys: U8, rows: Rows, lower_bound: int) -> I32:
+        """Add new keys (unique, in no run) with their rows; runs that overflow are merged.
+        Returns the new rows' ids (in the order of ``keys``)."""
         k = keys.shape[0]
         if not k:
-            return
-        ids = self._append(rows)
+            return np.zeros(0, dtype=np.int32)
+        new_ids = self._append(rows)
         order = np.argsort(keys, kind="stable")
         # a pending run is one more run at the end of the lists (searched like the others)
         self.keys.append(keys[order])
-        self.ids.append(ids[order])
+        self.ids.append(new_ids[order])
         self._pending += 1
         if self._pending < PENDING:
-            return
+            return new_ids
         n_runs = len(self.keys) - self._pending
         keys = np.concatenate(self.keys[n_runs:])
         ids = np.concatenate(self.ids[n_runs:])
@@ -141,6 +146,7 @@ class EntryTable:
         while self.keys[level].shape[0] > RUN0 * GROWTH**level:
             self._merge_down(level, lower_bound)
             level += 1
+        return new_ids
 
     def _append(self, rows: Rows) -> I32:
         """Append rows to the store (growing it by :data:`STORE_GROWTH`); their row ids."""
@@ -199,6 +205,7 @@ class EntryTable:
         self.store.view(RAW)[: keep.size] = moved.view(RAW)
         dropped = self.used - keep.size
         self.used = int(keep.size)
+        self.layout += 1
         for i, ids in enumerate(self.ids):
             alive = live[ids]
             self.keys[i] = self.keys[i][alive]
@@ -209,16 +216,17 @@ class EntryTable:
         """Entry time of every row in use (dead rows included)."""
         return np.asarray(self.rows["t"], dtype=np.int64)
 
-    def select(self, mask_of: Callable[[Rows], B]) -> tuple[U8, Rows]:
-        """Keys and rows (copies) of the rows where ``mask_of(rows)`` is true (store order)."""
+    def select(self, mask_of: Callable[[Rows], B]) -> tuple[U8, Rows, I64]:
+        """Keys, rows (copies) and row ids of the rows where ``mask_of(rows)`` is true (store
+        order)."""
         rows = self.rows
         m = np.flatnonzero(mask_of(rows))
         if not m.size:
-            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=ROW)
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=ROW), m
         key_of = np.zeros(self.used, dtype=np.uint64)
         for keys, ids in zip(self.keys, self.ids, strict=True):
             key_of[ids] = keys
-        return key_of[m], take_rows(rows, m)
+        return key_of[m], take_rows(rows, m), m
 
     def set_slot(self, rid: I64, slot: int) -> None:
         """Set the ``slot`` field of rows ``rid``."""

@@ -216,6 +216,39 @@ def test_ring_moves_on_when_the_watermark_stalls(monkeypatch: pytest.MonkeyPatch
     _run_ring(monkeypatch, stall=True)
 
 
+@pytest.mark.parametrize("stall", [False, True])
+def test_row_ids_kept_from_the_changes_set_the_slots_a_lookup_would(
+    monkeypatch: pytest.MonkeyPatch, stall: bool
+) -> None:
+    """take_chunks marks the written rows with their slot by the row ids noted when they
+    changed (or, after a purge moved rows, by looking the keys up): through slot take-overs,
+    purges and reused dead rows, the chunks and every row's slot equal the lookup's."""
+    monkeypatch.setattr(log_module, "CHUNKS_PER_SLOT", 3)
+    config = AttributionConfig(window_ms=3_100, grace_ms=0, max_entries=None)
+    fast, looked_up = RewardJoin(config), RewardJoin(config)
+    rng = np.random.default_rng(8)
+    moved = 0
+    for step in range(400):
+        t = 10_000 if stall else 10_000 + step * 25
+        again = [f"s{int(rng.integers(0, step + 1))}-1"]  # an old id: a dead row reused
+        requests = [f"s{step}-{i}" for i in range(3)] + again
+        old = f"s{int(rng.integers(0, step + 1))}-0"
+        outs = [Out(old, "c1", 0, t, (1.0, True, 0.0, 1.0, 0, 1, True))]
+        for join in (fast, looked_up):
+            join.log_decisions(decision_batch([(r, "c1", 0, t) for r in requests]))
+            join.process(outcome_batch(outs), POLICY, STATE)
+        looked_up.log._dirty_layout = -1  # as if a purge had moved the rows
+        layout = fast.log.table.layout
+        assert fast.take_chunks() == looked_up.take_chunks()
+        moved += fast.log.table.layout != layout
+        used = fast.log.table.used
+        assert used == looked_up.log.table.used
+        assert np.array_equal(
+            fast.log.table.store["slot"][:used], looked_up.log.table.store["slot"][:used]
+        )
+    assert moved or stall  # purges happened between changes and their chunks
+
+
 def test_a_large_commit_is_split_into_chunks() -> None:
     join = RewardJoin(AttributionConfig())
     n = CHUNK_ENTRIES * 2 + 5
