@@ -223,6 +223,30 @@ def inverse_cdf_select(probs: FloatArray, uniforms: ArrayLike) -> IntArray:
     return np.asarray(arms, dtype=np.int64)
 
 
+def unique_rows(rows: IntArray, n_rows: int) -> tuple[IntArray, IntArray]:
+    """``np.unique(rows, return_inverse=True)`` for row indices in ``[0, n_rows)``.
+
+    When the table is not much larger than the batch (a state table of thousands of keys, a
+    batch of thousands of events) the distinct rows are marked in a table of ``n_rows`` and
+    ranked by a cumulative sum — no sort; otherwise ``np.unique``. Same arrays either way.
+
+    Examples:
+        >>> touched, inverse = unique_rows(np.array([3, 1, 3, 0]), 5)
+        >>> touched.tolist(), inverse.tolist()
+        ([0, 1, 3], [2, 1, 2, 0])
+    """
+    rows = np.asarray(rows)
+    if n_rows > 4 * rows.shape[0] + 4096:
+        touched, inverse = np.unique(rows, return_inverse=True)
+        return touched, inverse.reshape(-1)
+    rank = np.zeros(n_rows, dtype=np.intp)
+    rank[rows] = 1
+    touched = np.flatnonzero(rank).astype(rows.dtype, copy=False)
+    np.cumsum(rank, out=rank)
+    rank -= 1
+    return touched, rank[rows]
+
+
 def ranks_within_groups(groups: IntArray) -> IntArray:
     """0-based position of each element among the earlier elements with the same group id."""
     n = groups.shape[0]

@@ -25,6 +25,7 @@ from processor.bandits.base import (
     inverse_cdf_select,
     ranks_within_groups,
     thompson_propensities,
+    unique_rows,
 )
 from processor.bandits.exp3ix_keyed import KeyedExp3IX
 from processor.errors import ConfigError, StateError
@@ -173,7 +174,7 @@ class KeyedThompson(KeyTable):
         succ, fail = self._arr["successes"], self._arr["failures"]
         if self.discount < 1.0 and times is not None:
             clock = np.maximum(_grouped_running_max(r, times), last[r])
-            touched, inv = np.unique(r, return_inverse=True)
+            touched, inv = unique_rows(r, last.shape[0])
             final = last[touched]
             np.maximum.at(final, inv, times)
             log_d = np.log(self.discount) / self.discount_unit_ms

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special
 
+from processor.bandits.base import unique_rows
 from processor.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ def decayed_add(
         times: Event time per event.
     """
     forward = weight > 0
-    touched, inv = np.unique(rows, return_inverse=True)
+    touched, inv = unique_rows(rows, last_ms.shape[0])
     final = last_ms[touched].copy()
     if forward.any():
         np.maximum.at(final, inv[forward], times[forward])

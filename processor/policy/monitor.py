@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
+from processor.bandits.base import unique_rows
 from processor.bandits.normal_gamma import decayed_add
 from processor.errors import StateError
 
@@ -259,7 +260,7 @@ class SafetyState(PerformanceMonitor):
         has_target = (w > 0) & np.isfinite(target_cpa)
         if has_target.any():  # the last applied target of each campaign wins
             self.arrays["target_cpa"][rows[has_target]] = target_cpa[has_target]
-        touched = np.unique(rows)
+        touched = unique_rows(rows, self.emergency.shape[0])[0]
         before = self.emergency[touched].copy()
         self._evaluate(c, touched)
         after = self.emergency[touched]
