@@ -211,6 +211,23 @@ def test_batch_with_many_rows_matches() -> None:
     _check("BidOutcome", values)
 
 
+def _request(i: int, campaign: str, context: dict[str, str]) -> dict[str, Any]:
+    """A BidRequest record numbered ``i`` with the given campaign and context."""
+    return {
+        "request_id": f"r-{i}",
+        "campaign_id": campaign,
+        "audience": "a",
+        "event_time": i,
+        "base_bid": 1.0,
+        "base_budget": 2.0,
+        "daily_budget": 100.0,
+        "spent_today": 0.0,
+        "target_cpa": None,
+        "utc_offset_minutes": 0,
+        "context": context,
+    }
+
+
 @pytest.mark.parametrize(
     "shape", ["one entry each", "some empty", "some several", "repeated key", "two blocks"]
 )
@@ -225,19 +242,7 @@ def test_request_contexts_decode_like_fastavro(shape: str) -> None:
             context = {}
         if shape == "some several" and i % 5 == 1:
             context |= {f"k{j}": "v" * j for j in range(rng.randint(1, 4))}
-        rec = {
-            "request_id": f"r-{i}",
-            "campaign_id": f"c-{i % 13}",
-            "audience": "a",
-            "event_time": i,
-            "base_bid": 1.0,
-            "base_budget": 2.0,
-            "daily_budget": 100.0,
-            "spent_today": 0.0,
-            "target_cpa": None,
-            "utc_offset_minutes": 0,
-            "context": context,
-        }
+        rec = _request(i, f"c-{i % 13}", context)
         values.append(SERDES["BidRequest"].encode(rec))
     if shape == "repeated key":
         # context is the last field: drop the empty map's end marker and write one block of two
@@ -292,19 +297,7 @@ def test_lazily_decoded_maps_reject_invalid_utf8_like_fastavro(where: str, lengt
             context[marker if where == "key" else "k"] = "v" if where == "key" else marker
         if i % 10 == 7:
             context["é" * (length // 2)] = "ü" * (length // 2)
-        rec = {
-            "request_id": f"r-{i}",
-            "campaign_id": "c",
-            "audience": "a",
-            "event_time": i,
-            "base_bid": 1.0,
-            "base_budget": 2.0,
-            "daily_budget": 100.0,
-            "spent_today": 0.0,
-            "target_cpa": None,
-            "utc_offset_minutes": 0,
-            "context": context,
-        }
+        rec = _request(i, "c", context)
         raw = SERDES["BidRequest"].encode(rec)
         if i % 20 == 3:  # every other marked row: a byte of the marker made invalid
             at = raw.index(marker.encode()) + length // 2
