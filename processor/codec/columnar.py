@@ -227,8 +227,7 @@ class _Cursor:
         self.raw = raw
         self.buf = np.frombuffer(raw, dtype=np.uint8)
         # every 64-byte window of the buffer, as a view: a gather of ``width`` bytes at n
-        # positions is one row gather from it (no n × width index array: allocating and
-        # faulting that was most of the cost of decoding a string column)
+        # positions is one row gather from it, with no n × width index array to build
         self.windows = np.lib.stride_tricks.sliding_window_view(self.buf, _PAD)
         # the little-endian double starting at every byte (an unaligned view: one gather a column)
         self.doubles = np.ndarray((len(raw) - 7,), dtype="<f8", buffer=raw, strides=(1,))

@@ -173,6 +173,15 @@ def _assemble(fields: Sequence[Flat], n: int) -> list[bytes]:
     return [raw[s:e] for s, e in zip(row_start.tolist(), row_end.tolist(), strict=True)]
 
 
+def _codes(col: Categorical) -> Any:
+    """``col``'s codes as indices, each checked to name one of its values."""
+    codes = np.asarray(col.codes, dtype=np.intp)
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= len(col.values)):
+        msg = f"a code is outside the {len(col.values)} values of its column"
+        raise ValueError(msg)
+    return codes
+
+
 def _take(table: Flat, codes: Any) -> Flat:
     """The rows of a field given as the encoded distinct values ``table`` and each row's code."""
     table_lens, table_data = table
@@ -284,7 +293,7 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
             col = columns[name]
             if kind in ("double", "long", "int"):
                 if isinstance(col, Categorical):
-                    col = np.asarray(col.values)[np.asarray(col.codes, dtype=np.intp)]
+                    col = np.asarray(col.values)[_codes(col)]
                 k = "double" if kind == "double" else "long"
                 if k != group_kind:
                     flush()
@@ -298,8 +307,7 @@ def encode_columns(serde: AvroSerde, columns: Mapping[str, Any], n: int) -> list
                 continue
             flush()
             if isinstance(col, Categorical):
-                codes = np.asarray(col.codes, dtype=np.intp)
-                parts.append(_take(_field(kind, detail, col.values), codes))
+                parts.append(_take(_field(kind, detail, col.values), _codes(col)))
             else:
                 parts.append(_field(kind, detail, col))
         flush()

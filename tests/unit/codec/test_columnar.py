@@ -23,6 +23,7 @@ from processor.codec.serde import (
     load_schema_json,
     strip_logical_types,
 )
+from processor.errors import SerializationError
 from processor.policy.batches import RequestBatch
 from processor.policy.simulator import MarketSimulator
 
@@ -430,6 +431,9 @@ def test_decision_columns_of_one_width_or_value_encode_byte_identical(shape: str
     ]
 
 
+MODE_NAMES = ["explore", "exploit", "emergency", "blocked"]
+
+
 def test_categorical_columns_encode_like_the_values_they_stand_for() -> None:
     """A column given as codes into its distinct values (modes, guardrail lists, arms; distinct
     values of one length and of several) writes the same bytes as the values themselves."""
@@ -456,13 +460,18 @@ def test_categorical_columns_encode_like_the_values_they_stand_for() -> None:
     columns = _decision_columns(records)
     for name, values in [
         ("arm", ["b0.8", "b1.2"]),
-        ("mode", ["explore", "exploit", "emergency", "blocked"]),
+        ("mode", MODE_NAMES),
         ("guardrails", guardrails),
         ("policy_version", [3, 300]),
     ]:
         codes = np.array([values.index(r[name]) for r in records])
         columns[name] = Categorical(codes, values)
     assert encode_columns(serde, columns, 150) == [serde.encode(r) for r in records]
+    for bad in (-1, 4):  # a code naming no value is refused, not wrapped around
+        codes = np.zeros(150, dtype=np.int64)
+        codes[7] = bad
+        with pytest.raises(SerializationError, match="outside the 4 values"):
+            encode_columns(serde, {**columns, "mode": Categorical(codes, MODE_NAMES)}, 150)
 
 
 # ids as the stage writes them (ASCII, mostly under 64 characters: the one-byte-length path)
