@@ -224,7 +224,7 @@ def inverse_cdf_select(probs: FloatArray, uniforms: ArrayLike) -> IntArray:
 
 
 def unique_rows(rows: IntArray, n_rows: int) -> tuple[IntArray, IntArray]:
-    """``np.unique(rows, return_inverse=True)`` for row indices in ``[0, n_rows)``.
+    """``np.unique(rows, return_inverse=True)`` for row indices (or any codes) in ``[0, n_rows)``.
 
     When the table is not much larger than the batch (a state table of thousands of keys, a
     batch of thousands of events) the distinct rows are marked in a table of ``n_rows`` and

@@ -8,7 +8,7 @@ record alone, so records and failure reasons are always exactly fastavro's. The 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -242,6 +242,12 @@ class _Cursor:
         outside the values reads the zero padding."""
         return self.windows[np.clip(pos, 0, len(self.windows) - 1), :width]
 
+    def spans_block(self, start: Any, size: Any, width: int) -> Any:
+        """The spans ``start[i] : start[i] + size[i]`` (each at most ``width`` ≤ 64 bytes) as
+        rows of ``width`` bytes, zero after each span's end."""
+        used = _ARANGE64[None, :width] < size[:, None]
+        return np.where(used, self.window(start, width), np.uint8(0))
+
     def varint(self, rows: Any, max_bytes: int) -> Any:
         """Zig-zag varints at ``rows``' cursors (advanced); overlong ones mark rows bad.
 
@@ -312,8 +318,7 @@ class _Cursor:
         width = int(size.max()) if size.size else 0
         self.widest = width  # bytes: a bound on the characters of every value read here
         if 0 < width <= 64 and size.size >= 64:
-            used = _ARANGE64[None, :width] < size[:, None]
-            block = np.where(used, self.window(start, width), np.uint8(0))
+            block = self.spans_block(start, size, width)
             # a NUL inside a value would be stripped by the fixed-width cast; non-ASCII needs
             # the UTF-8 decode: both take the per-row path
             if not (block >= 0x80).any() and (block != 0).sum() == int(size.sum()):
@@ -380,34 +385,23 @@ class _Cursor:
         out[:] = [raw[s:e] for s, e in zip(start.tolist(), end.tolist(), strict=True)]
         return out
 
-    def read_map(self, rows: Any, values_type: str) -> Any:
-        n = len(rows)
-        # a row's dict is made with its first entry ({k: v}, the common one-entry context of a
-        # request costs one dict display); rows without entries get theirs at the end
-        maps: list[dict[str, Any] | None] = [None] * n
-        slot = np.arange(n)
+    def _map_entries(self, rows: Any, counts: Any) -> Iterator[tuple[Any, Any]]:
+        """Walk the Avro maps at ``rows``' cursors block by block: yields ``(sub, slot)`` once per
+        entry position (the rows that have an entry there and their positions in ``rows``); the
+        caller reads or steps over that entry's key and value. Adds each block's count to
+        ``counts`` (by slot); marks rows bad for a negative block count or a read past the end."""
+        slot = np.arange(len(rows))
         active = rows
         while active.size:
             count = self.varint(active, 10)
-            neg = count < 0
-            self.bad[active[neg]] = True
+            self.bad[active[count < 0]] = True
             more = count > 0
             active, slot, count = active[more], slot[more], count[more]
+            counts[slot] += count
             left = count
             sub, sub_slot = active, slot
             while sub.size:
-                keys = self.string(sub)
-                vals = self.read(sub, values_type)
-                vals_py = vals.tolist() if isinstance(vals, np.ndarray) else vals
-                if sub_slot.size == n and maps[0] is None:  # every row's first entry
-                    maps = [{k: v} for k, v in zip(keys, vals_py, strict=True)]
-                else:
-                    for s, k, v in zip(sub_slot.tolist(), keys, vals_py, strict=True):
-                        m = maps[s]
-                        if m is None:
-                            maps[s] = {k: v}
-                        else:
-                            m[k] = v
+                yield sub, sub_slot
                 left = left - 1
                 self.bad[sub[self.pos[sub] > self.ends[sub]]] = True
                 go = (left > 0) & ~self.bad[sub]
@@ -416,6 +410,25 @@ class _Cursor:
             self.bad[active[self.pos[active] > self.ends[active]]] = True
             ok = ~self.bad[active]
             active, slot = active[ok], slot[ok]
+
+    def read_map(self, rows: Any, values_type: str) -> Any:
+        n = len(rows)
+        # a row's dict is made with its first entry ({k: v}, the common one-entry context of a
+        # request costs one dict display); rows without entries get theirs at the end
+        maps: list[dict[str, Any] | None] = [None] * n
+        for sub, sub_slot in self._map_entries(rows, np.zeros(n, dtype=np.int64)):
+            keys = self.string(sub)
+            vals = self.read(sub, values_type)
+            vals_py = vals.tolist() if isinstance(vals, np.ndarray) else vals
+            if sub_slot.size == n and maps[0] is None:  # every row's first entry
+                maps = [{k: v} for k, v in zip(keys, vals_py, strict=True)]
+            else:
+                for s, k, v in zip(sub_slot.tolist(), keys, vals_py, strict=True):
+                    m = maps[s]
+                    if m is None:
+                        maps[s] = {k: v}
+                    else:
+                        m[k] = v
         if None in maps:
             maps = [{} if m is None else m for m in maps]
         return np.fromiter(maps, dtype=object, count=n)
@@ -426,26 +439,9 @@ class _Cursor:
         n = len(rows)
         start = self.pos[rows]
         counts = np.zeros(n, dtype=np.int64)
-        slot = np.arange(n)
-        active = rows
-        while active.size:
-            count = self.varint(active, 10)
-            self.bad[active[count < 0]] = True
-            more = count > 0
-            active, slot, count = active[more], slot[more], count[more]
-            counts[slot] += count
-            left = count
-            sub = active
-            while sub.size:
-                self._skip(sub, "string")
-                self._skip(sub, values_type)
-                left = left - 1
-                self.bad[sub[self.pos[sub] > self.ends[sub]]] = True
-                go = (left > 0) & ~self.bad[sub]
-                sub, left = sub[go], left[go]
-            self.bad[active[self.pos[active] > self.ends[active]]] = True
-            ok = ~self.bad[active]
-            active, slot = active[ok], slot[ok]
+        for sub, _ in self._map_entries(rows, counts):
+            self._skip(sub, "string")
+            self._skip(sub, values_type)
         fixed = np.empty(n, dtype=object)
         return MapColumn(counts, self.raw, start, self.ends[rows], values_type, fixed)
 
@@ -464,9 +460,8 @@ class _Cursor:
         check = size > 64
         short = np.flatnonzero(~check & (size > 0))
         if short.size:
-            width = int(size[short].max())
-            used = _ARANGE64[None, :width] < size[short, None]
-            check[short] = ((self.window(start[short], width) >= 0x80) & used).any(axis=1)
+            block = self.spans_block(start[short], size[short], int(size[short].max()))
+            check[short] = (block >= 0x80).any(axis=1)
         if check.any():
             raw = self.raw
             for r, s0, e0 in zip(

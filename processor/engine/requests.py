@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from processor.bandits.base import unique_rows
 from processor.codec.columnar_encode import Categorical, encode_columns
 from processor.engine import outputs
 from processor.engine.outputs import EngineOutputs, MergedSource, SourceBatch, dead_letter
@@ -122,7 +123,7 @@ def _emit(
     serde = engine.serdes["BidDecision"]
     n = len(decisions)
     # a batch has a handful of distinct modes and guardrail lists: each is encoded once
-    masks, mask_codes = np.unique(decisions.guardrails, return_inverse=True)
+    masks, mask_codes = unique_rows(decisions.guardrails, 1 << len(GUARDRAIL_NAMES))
     names_of = [[g for i, g in enumerate(GUARDRAIL_NAMES) if m >> i & 1] for m in masks.tolist()]
     campaign_ids = decisions.campaign_id.tolist()
     arms = decisions.arm.tolist()
