@@ -27,7 +27,11 @@ from processor.policy.simulator import MarketSimulator, run_closed_loop
 from processor.testing import acquire_broker, stop_process, unique_name
 from tests.perf import inputs
 from tests.perf.kit import (
+    BUSY_OTHER_SHARE,
+    BUSY_STEAL_SHARE,
     PARTITIONS,
+    MachineWatch,
+    cpu_speed_ms,
     end_offsets,
     machine,
     prefill,
@@ -102,19 +106,22 @@ def _contender(
         arms = ",".join(BiddingConfig().arm_names)
         args = ["tests.perf.quix_peer", bootstrap, group, topic, state_dir, arms]
     ends = end_offsets(bootstrap, [topic])
+    watch = MachineWatch()
     proc = spawn(args, log)
     try:
         res = watch_drain(bootstrap, group, ends, proc, timeout_s)
     finally:
         code = stop_process(proc)
     out = {
+        "machine": watch.stop(),
         "events": res.events,
         "seconds": round(res.seconds, 3),
         "events_per_s": round(res.rate, 1),
         "timed_out": res.timed_out,
         "exit_code": code,
     }
-    print(f"  {name:<14} {res.rate:>12,.0f}/s  ({res.events} events in {res.seconds:.2f}s)")
+    busy = " (machine busy)" if out["machine"]["busy"] else ""
+    print(f"  {name:<14} {res.rate:>12,.0f}/s  ({res.events} events in {res.seconds:.2f}s){busy}")
     return out
 
 
@@ -146,7 +153,7 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
     results: dict[str, Any] = {
         "mode": "quick" if quick else "full",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": {**machine(), "cpu_speed_ms_start": cpu_speed_ms()},
         "notes": (
             "2 cores: the broker takes one, each contender runs as one Python process on the "
             "other (the harness's offset watcher and, in the latency test, its producer and "
@@ -213,6 +220,7 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
             for label, guarantee, overrides in runs:
                 # the limit first: a passthrough echoing each request, same rate and guarantee
                 for contender in ("limit", "stage"):
+                    watch = MachineWatch()
                     lat = run_latency(
                         bootstrap,
                         work,
@@ -222,6 +230,7 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
                         contender=contender,
                         **overrides,
                     )
+                    lat["machine"] = watch.stop()
                     key = label if contender == "stage" else f"{label}_limit"
                     results["latency"][key] = lat
                     print(f"latency {key}: {lat}")
@@ -240,9 +249,41 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
     if not only or "learning" in only:
         results["learning"] = learning_quality(10_000 if quick else 50_000)
         print(f"learning: {results['learning']}")
+    results["machine"]["cpu_speed_ms_end"] = cpu_speed_ms()
     results["partitions"] = PARTITIONS
     results["targets"] = TARGETS
     return results
+
+
+def _busy_parts(results: dict[str, Any]) -> list[str]:
+    """Names of the contender runs during which the machine was busy (see ``MachineWatch``)."""
+    runs = [
+        (f"{kind.replace('_', ' ')} {name.replace('_', ' ')}", v)
+        for kind, f in results.get("throughput", {}).items()
+        for name, v in f.items()
+        if isinstance(v, dict)
+    ]
+    runs += [
+        (f"latency {key.replace('_', ' ')}", v) for key, v in results.get("latency", {}).items()
+    ]
+    return [name for name, v in runs if v.get("machine", {}).get("busy")]
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    """One sentence on the machine: its speed at start and end and the runs it was busy in."""
+    m = results.get("machine", {})
+    busy = _busy_parts(results)
+    text = (
+        f"Machine: {m.get('cores')} cores, {m.get('cpu')}; a fixed single-core task took "
+        f"{m.get('cpu_speed_ms_start')} ms at the start and {m.get('cpu_speed_ms_end')} ms at the "
+        "end (lower is faster; compare days by it). "
+    )
+    if busy:
+        return text + (
+            f"Busy (other processes above {BUSY_OTHER_SHARE:.0%} of the CPU before the run, or "
+            f"steal above {BUSY_STEAL_SHARE:.0%} during it) in: {', '.join(busy)}."
+        )
+    return text + "Not busy during any run (other processes and steal below the thresholds)."
 
 
 def _percent(ratio: float | None) -> str:
@@ -259,6 +300,8 @@ def _limit_cell(f: dict[str, Any]) -> str:
 def table(results: dict[str, Any]) -> str:
     """The markdown table of the README's Performance section."""
     lines = [
+        machine_line(results),
+        "",
         "| input (exactly-once, 6 partitions) | limit (passthrough), first / last | stage "
         "| stage / faster limit "
         "| original design | stage / original | Quix Streams | stage / Quix |",

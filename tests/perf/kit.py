@@ -240,3 +240,86 @@ def machine() -> dict[str, Any]:
         "fastavro": fastavro.__version__,
         "numpy": numpy.__version__,
     }
+
+
+# ---- is the machine busy? -----------------------------------------------------------------
+QUIET_SAMPLE_S = 1.0
+BUSY_OTHER_SHARE = 0.10
+"""Before a part, more than this share of the machine's CPU used while nothing of the bench
+runs (other processes, other tenants) marks the part's figures as measured on a busy machine."""
+BUSY_STEAL_SHARE = 0.05
+"""The same for CPU time the hypervisor gave to other machines during the part."""
+
+
+def _cpu_jiffies() -> tuple[int, int, int] | None:
+    """(total, idle incl. iowait, steal) jiffies of all cores since boot; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields[:8]]
+    # user nice system idle iowait irq softirq steal (guest time is already inside user)
+    return sum(values), values[3] + values[4], values[7]
+
+
+def cpu_speed_ms(repeat: int = 9) -> float:
+    """Milliseconds for a fixed single-core task, best of ``repeat`` (lower is faster).
+
+    Interpreted Python and small numpy calls, the mix of the stage's loop: the same code on the
+    same machine takes longer when the core is slower or shared, so figures from two days can be
+    read against this one.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = rng.random(64)
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        total = 0
+        for i in range(400_000):
+            total += i & 7
+        for _ in range(4_000):
+            data = np.sort(data) * 1.0
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
+class MachineWatch:
+    """What else used the machine around one part of the bench.
+
+    ``MachineWatch()`` samples the CPU for :data:`QUIET_SAMPLE_S` while nothing of the bench runs
+    (the share used then is other processes' or the hypervisor's); :meth:`stop` adds the steal
+    share and the machine's own use during the part, and whether either marks it busy.
+    """
+
+    def __init__(self, quiet_sample_s: float = QUIET_SAMPLE_S) -> None:
+        self.load_before = round(os.getloadavg()[0], 2)
+        first = _cpu_jiffies()
+        time.sleep(quiet_sample_s)  # a measurement window, not a wait for a condition
+        self._start = _cpu_jiffies()
+        self.other_share: float | None = None
+        if first is not None and self._start is not None:
+            total = self._start[0] - first[0]
+            busy = total - (self._start[1] - first[1])
+            self.other_share = round(busy / total, 3) if total > 0 else None
+
+    def stop(self) -> dict[str, Any]:
+        """The figures of the part since construction."""
+        end = _cpu_jiffies()
+        out: dict[str, Any] = {
+            "load_before": self.load_before,
+            "other_share_before": self.other_share,
+            "steal_share": None,
+            "busy_share": None,
+        }
+        if end is not None and self._start is not None:
+            total = end[0] - self._start[0]
+            if total > 0:
+                out["steal_share"] = round((end[2] - self._start[2]) / total, 3)
+                out["busy_share"] = round(1 - (end[1] - self._start[1]) / total, 3)
+        out["busy"] = bool(
+            (self.other_share or 0) > BUSY_OTHER_SHARE
+            or (out["steal_share"] or 0) > BUSY_STEAL_SHARE
+        )
+        return out
