@@ -30,6 +30,8 @@ from tests.perf.kit import (
     BUSY_OTHER_SHARE,
     BUSY_STEAL_SHARE,
     PARTITIONS,
+    QUIET_MAX_WINDOWS,
+    QUIET_SAMPLE_S,
     MachineWatch,
     cpu_speed_ms,
     end_offsets,
@@ -280,8 +282,9 @@ def machine_line(results: dict[str, Any]) -> str:
     )
     if busy:
         return text + (
-            f"Busy (other processes above {BUSY_OTHER_SHARE:.0%} of the CPU before the run, or "
-            f"steal above {BUSY_STEAL_SHARE:.0%} during it) in: {', '.join(busy)}."
+            f"Busy (other processes above {BUSY_OTHER_SHARE:.0%} of the CPU in every quiet sample "
+            f"before the run, up to {QUIET_MAX_WINDOWS * QUIET_SAMPLE_S:.0f} s, or steal above "
+            f"{BUSY_STEAL_SHARE:.0%} during it) in: {', '.join(busy)}."
         )
     return text + "Not busy during any run (other processes and steal below the thresholds)."
 

@@ -244,6 +244,10 @@ def machine() -> dict[str, Any]:
 
 # ---- is the machine busy? -----------------------------------------------------------------
 QUIET_SAMPLE_S = 1.0
+QUIET_MAX_WINDOWS = 20
+"""Up to this many quiet samples before a part: the broker keeps writing for seconds after a
+prefill or a contender's run (a first sample of 13-24% CPU where the next ones read 3-9%), so
+the part starts once a sample is quiet, or after the last window is marked busy."""
 BUSY_OTHER_SHARE = 0.10
 """Before a part, more than this share of the machine's CPU used while nothing of the bench
 runs (other processes, other tenants) marks the part's figures as measured on a busy machine."""
@@ -288,21 +292,32 @@ def cpu_speed_ms(repeat: int = 9) -> float:
 class MachineWatch:
     """What else used the machine around one part of the bench.
 
-    ``MachineWatch()`` samples the CPU for :data:`QUIET_SAMPLE_S` while nothing of the bench runs
-    (the share used then is other processes' or the hypervisor's); :meth:`stop` adds the steal
+    ``MachineWatch()`` samples the CPU in windows of :data:`QUIET_SAMPLE_S` while nothing of the
+    bench runs (the share used then is other processes' or the hypervisor's) until one window is
+    at most :data:`BUSY_OTHER_SHARE` or ``max_windows`` were sampled; :meth:`stop` adds the steal
     share and the machine's own use during the part, and whether either marks it busy.
     """
 
-    def __init__(self, quiet_sample_s: float = QUIET_SAMPLE_S) -> None:
+    def __init__(
+        self, quiet_sample_s: float = QUIET_SAMPLE_S, max_windows: int = QUIET_MAX_WINDOWS
+    ) -> None:
         self.load_before = round(os.getloadavg()[0], 2)
-        first = _cpu_jiffies()
-        time.sleep(quiet_sample_s)  # a measurement window, not a wait for a condition
-        self._start = _cpu_jiffies()
         self.other_share: float | None = None
-        if first is not None and self._start is not None:
+        self.quiet_windows = 0
+        first = _cpu_jiffies()
+        self._start = first
+        while self.quiet_windows < max(1, max_windows):
+            time.sleep(quiet_sample_s)  # a measurement window; the loop waits for a quiet one
+            self._start = _cpu_jiffies()
+            self.quiet_windows += 1
+            if first is None or self._start is None:
+                break
             total = self._start[0] - first[0]
             busy = total - (self._start[1] - first[1])
             self.other_share = round(busy / total, 3) if total > 0 else None
+            if self.other_share is None or self.other_share <= BUSY_OTHER_SHARE:
+                break
+            first = self._start
 
     def stop(self) -> dict[str, Any]:
         """The figures of the part since construction."""
@@ -310,6 +325,7 @@ class MachineWatch:
         out: dict[str, Any] = {
             "load_before": self.load_before,
             "other_share_before": self.other_share,
+            "quiet_windows": self.quiet_windows,
             "steal_share": None,
             "busy_share": None,
         }

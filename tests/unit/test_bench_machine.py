@@ -19,16 +19,30 @@ def test_quiet_machine_is_not_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     _feed(monkeypatch, [(0, 0, 0), (200, 198, 0), (1200, 598, 10)])
     figures = kit.MachineWatch(quiet_sample_s=0).stop()
     assert figures["other_share_before"] == 0.01
+    assert figures["quiet_windows"] == 1
     assert figures["busy_share"] == 0.6
     assert figures["steal_share"] == 0.01
     assert figures["busy"] is False
 
 
 def test_other_processes_before_the_run_mark_it_busy(monkeypatch: pytest.MonkeyPatch) -> None:
-    _feed(monkeypatch, [(0, 0, 0), (200, 150, 0), (1200, 550, 0)])  # 25% used at rest
-    figures = kit.MachineWatch(quiet_sample_s=0).stop()
-    assert figures["other_share_before"] == 0.25
+    # 25% used at rest, then 20%: still above the rule after the last window
+    _feed(monkeypatch, [(0, 0, 0), (200, 150, 0), (400, 310, 0), (1400, 710, 0)])
+    figures = kit.MachineWatch(quiet_sample_s=0, max_windows=2).stop()
+    assert figures["other_share_before"] == 0.2
+    assert figures["quiet_windows"] == 2
     assert figures["busy"] is True
+
+
+def test_the_part_waits_for_a_quiet_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the broker still writing (30%), then quiet (4%): the part starts after the second window
+    # and its own figures count from there
+    _feed(monkeypatch, [(0, 0, 0), (200, 140, 0), (400, 332, 0), (1400, 732, 0)])
+    figures = kit.MachineWatch(quiet_sample_s=0, max_windows=5).stop()
+    assert figures["other_share_before"] == 0.04
+    assert figures["quiet_windows"] == 2
+    assert figures["busy_share"] == 0.6
+    assert figures["busy"] is False
 
 
 def test_steal_during_the_run_marks_it_busy(monkeypatch: pytest.MonkeyPatch) -> None:
